@@ -1,0 +1,4 @@
+//! The vocabulary of portal-sync: local tasks, subjects and users, portal tasks,
+//! statuses and their forward-only transitions, validation, the job payload
+//! (`SyncJob`) and queue name, the settings file, and the `TaskStore` trait with
+//! its SQLite and PostgreSQL implementations.
