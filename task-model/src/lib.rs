@@ -2,3 +2,10 @@
 //! statuses and their forward-only transitions, validation, the job payload
 //! (`SyncJob`) and queue name, the settings file, and the `TaskStore` trait with
 //! its SQLite and PostgreSQL implementations.
+
+pub mod task;
+
+pub use task::{
+    HostTask, LocalStatus, LocalTask, PortalDate, PortalState, PortalStatus, PortalTask, Subject,
+    TaskError, TaskId, User,
+};
