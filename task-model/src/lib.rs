@@ -4,8 +4,10 @@
 //! its SQLite and PostgreSQL implementations.
 
 pub mod task;
+pub mod transition;
 
 pub use task::{
     HostTask, LocalStatus, LocalTask, PortalDate, PortalState, PortalStatus, PortalTask, Subject,
     TaskError, TaskId, User,
 };
+pub use transition::{IgnoreReason, UpdateDecision, decide_update, decide_update_for};
