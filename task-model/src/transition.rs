@@ -195,10 +195,8 @@ pub fn decide_update(
         if moves_backwards(status, target) {
             return UpdateDecision::Ignore(IgnoreReason::Backwards);
         }
-        if unrevisioned {
-            if let Some(reason) = unrevisioned_ignore(cur, update) {
-                return UpdateDecision::Ignore(reason);
-            }
+        if unrevisioned && let Some(reason) = unrevisioned_ignore(cur, update) {
+            return UpdateDecision::Ignore(reason);
         }
     } else if moves_backwards(status, target) {
         return UpdateDecision::Ignore(IgnoreReason::Backwards);
