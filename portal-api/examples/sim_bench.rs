@@ -1,0 +1,2 @@
+//! Simulator benchmark (not yet written).
+fn main() {}
