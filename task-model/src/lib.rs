@@ -5,9 +5,11 @@
 
 pub mod task;
 pub mod transition;
+pub mod validate;
 
 pub use task::{
     HostTask, LocalStatus, LocalTask, PortalDate, PortalState, PortalStatus, PortalTask, Subject,
     TaskError, TaskId, User,
 };
 pub use transition::{IgnoreReason, UpdateDecision, decide_update, decide_update_for};
+pub use validate::{ValidationErrors, validate_task};
