@@ -3,6 +3,7 @@
 //! (`SyncJob`) and queue name, the settings file, and the `TaskStore` trait with
 //! its SQLite and PostgreSQL implementations.
 
+pub mod store;
 pub mod task;
 pub mod transition;
 pub mod validate;

@@ -1,0 +1,676 @@
+//! The PostgreSQL backend: the same schema, rules and answers as the SQLite
+//! one, for sites that run a database server.
+//!
+//! The database in the URL is created if it does not exist, then migrated
+//! (sqlx takes an advisory lock, so concurrent first starts are safe). Lists
+//! of ids travel as one `text[]` parameter; batches are written with
+//! `UNNEST` over column arrays, one statement per batch.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::str::FromStr as _;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use sqlx::migrate::{MigrateDatabase as _, Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Row as _, SqlSafeStr as _};
+
+use super::import::{self, BatchOutcome, ImportBackend, ImportError, PreparedTask};
+use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
+use super::sqlite::tally_stored;
+use super::write_back::{PlannedWrite, WriteBackBackend, write_back_with};
+use super::{
+    DEFAULT_BATCH_SIZE, DueQuery, ImportReport, LeaseRequest, RowError, StatusCounts, StoreError,
+    TaskStore, WriteBackReport, redact_url,
+};
+use crate::task::{LocalTask, PortalTask, TaskId};
+
+const MIGRATION_0001: &str = include_str!("../../migrations/postgres/0001_task_store.sql");
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "task store".into(),
+        MigrationType::Simple,
+        MIGRATION_0001.into_sql_str(),
+        false,
+    )])
+}
+
+/// A task store in a PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+const TASK_SELECT: &str = "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+     subject, parameters, initial_assessment, status, \
+     portal_code, portal_subject_code, portal_status, portal_revision, \
+     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+     error_message, error_attempts, error_at, row_version FROM tasks ";
+
+impl PostgresStore {
+    /// Opens the store at `postgres://…`, creating the database if it does not
+    /// exist and migrating it.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::open_with(url, 8).await
+    }
+
+    /// As [`PostgresStore::open`], with at most `connections` connections.
+    pub async fn open_with(url: &str, connections: u32) -> Result<PostgresStore, StoreError> {
+        let shown = redact_url(url);
+        let open_err = |source| StoreError::Open {
+            url: shown.clone(),
+            source,
+        };
+        let options = PgConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .application_name("portal-sync");
+        if !sqlx::Postgres::database_exists(url)
+            .await
+            .map_err(open_err)?
+        {
+            // Another process may create it at the same moment; that is fine.
+            if let Err(e) = sqlx::Postgres::create_database(url).await
+                && !sqlx::Postgres::database_exists(url).await.unwrap_or(false)
+            {
+                return Err(open_err(e));
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                url: shown.clone(),
+                source,
+            })?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The connection pool, for tests and tools that need raw SQL.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn existing_statuses(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT host_system_id, status FROM tasks WHERE host_system_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::query("import: read existing tasks"))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row
+                .try_get(0)
+                .map_err(StoreError::query("import: read existing tasks"))?;
+            let status: String = row.try_get(1).unwrap_or_else(|_| "<unreadable>".into());
+            out.insert(id, status);
+        }
+        Ok(out)
+    }
+
+    async fn store_tasks(
+        &self,
+        new: &[PreparedTask],
+        updates: &[PreparedTask],
+        known: &HashSet<String>,
+    ) -> Result<(HashSet<String>, HashSet<String>, Vec<String>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let (instruments, forms) = import::new_documents(new.iter().chain(updates), known);
+        let mut committed_docs = Vec::new();
+        for (sql, docs) in [
+            (
+                "INSERT INTO instruments (hash, body) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+                 ON CONFLICT (hash) DO NOTHING",
+                instruments,
+            ),
+            (
+                "INSERT INTO forms (hash, body) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+                 ON CONFLICT (hash) DO NOTHING",
+                forms,
+            ),
+        ] {
+            if docs.is_empty() {
+                continue;
+            }
+            let hashes: Vec<&str> = docs.iter().map(|d| d.hash.as_str()).collect();
+            let bodies: Vec<&str> = docs.iter().map(|d| d.body.as_str()).collect();
+            sqlx::query(sql)
+                .bind(&hashes)
+                .bind(&bodies)
+                .execute(&mut *tx)
+                .await?;
+            committed_docs.extend(hashes.iter().map(|h| h.to_string()));
+        }
+        fn columns(tasks: &[PreparedTask]) -> TaskColumns<'_> {
+            TaskColumns {
+                ids: tasks.iter().map(|t| t.id.as_str()).collect(),
+                names: tasks.iter().map(|t| t.display_name.as_str()).collect(),
+                instruments: tasks.iter().map(|t| t.instrument.hash.as_str()).collect(),
+                forms: tasks.iter().map(|t| t.form.hash.as_str()).collect(),
+                subjects: tasks.iter().map(|t| t.subject.as_str()).collect(),
+                parameters: tasks.iter().map(|t| t.parameters.as_deref()).collect(),
+                assessments: tasks
+                    .iter()
+                    .map(|t| t.initial_assessment.as_deref())
+                    .collect(),
+            }
+        }
+        let mut inserted = HashSet::new();
+        if !new.is_empty() {
+            let c = columns(new);
+            let rows = sqlx::query(
+                "INSERT INTO tasks (host_system_id, display_name, instrument_hash, form_hash, \
+                 subject, parameters, initial_assessment) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[]) \
+                 ON CONFLICT (host_system_id) DO NOTHING RETURNING host_system_id",
+            )
+            .bind(&c.ids)
+            .bind(&c.names)
+            .bind(&c.instruments)
+            .bind(&c.forms)
+            .bind(&c.subjects)
+            .bind(&c.parameters)
+            .bind(&c.assessments)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                inserted.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        let mut updated = HashSet::new();
+        if !updates.is_empty() {
+            let c = columns(updates);
+            let rows = sqlx::query(
+                "UPDATE tasks AS t SET display_name = u.display_name, \
+                 instrument_hash = u.instrument_hash, form_hash = u.form_hash, \
+                 subject = u.subject, parameters = u.parameters, \
+                 initial_assessment = u.initial_assessment, \
+                 error_message = NULL, error_attempts = 0, error_at = NULL, \
+                 row_version = t.row_version + 1 \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[]) \
+                 AS u(host_system_id, display_name, instrument_hash, form_hash, subject, \
+                 parameters, initial_assessment) \
+                 WHERE t.host_system_id = u.host_system_id AND t.status = 'awaiting-submission' \
+                 RETURNING t.host_system_id",
+            )
+            .bind(&c.ids)
+            .bind(&c.names)
+            .bind(&c.instruments)
+            .bind(&c.forms)
+            .bind(&c.subjects)
+            .bind(&c.parameters)
+            .bind(&c.assessments)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                updated.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        tx.commit().await?;
+        Ok((inserted, updated, committed_docs))
+    }
+
+    async fn fetch_documents(
+        &self,
+        kind: DocumentKind,
+        hashes: Vec<String>,
+        cache: &mut DocumentCache,
+    ) -> Result<(), StoreError> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let sql = match kind {
+            DocumentKind::Instrument => "SELECT hash, body FROM instruments WHERE hash = ANY($1)",
+            DocumentKind::Form => "SELECT hash, body FROM forms WHERE hash = ANY($1)",
+        };
+        let rows = sqlx::query(sql)
+            .bind(&hashes)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read documents"))?;
+        for row in rows {
+            let Ok(hash) = row.try_get::<String, _>(0) else {
+                continue;
+            };
+            let body = row
+                .try_get::<String, _>(1)
+                .map_err(|e| format!("unreadable: {e}"));
+            cache.insert(kind, hash, body);
+        }
+        Ok(())
+    }
+
+    async fn decode_rows(
+        &self,
+        rows: Vec<PgRow>,
+        cache: &mut DocumentCache,
+    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+        let raws: Vec<Result<RawTask, RowError>> = rows.iter().map(RawTask::from_row).collect();
+        let good: Vec<&RawTask> = raws.iter().filter_map(|r| r.as_ref().ok()).collect();
+        for kind in [DocumentKind::Instrument, DocumentKind::Form] {
+            let missing = cache.missing(kind, good.iter().copied());
+            self.fetch_documents(kind, missing, cache).await?;
+        }
+        Ok(raws
+            .into_iter()
+            .map(|raw| raw.and_then(|raw| row::decode_task(raw, cache)))
+            .collect())
+    }
+
+    async fn due_page(
+        &self,
+        query: &DueQuery,
+        statuses: &[String],
+        after: Option<&str>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        let limit = i64::try_from(query.batch_size.max(1)).unwrap_or(i64::MAX);
+        let sql = match after {
+            None => DUE_FIRST_PAGE,
+            Some(_) => DUE_NEXT_PAGE,
+        };
+        sqlx::query(sql)
+            .bind(statuses)
+            .bind(row::lease_millis(query.now))
+            .bind(limit)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("stream due tasks"))
+    }
+}
+
+/// A batch of tasks as column arrays for `UNNEST`.
+struct TaskColumns<'a> {
+    ids: Vec<&'a str>,
+    names: Vec<&'a str>,
+    instruments: Vec<&'a str>,
+    forms: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    parameters: Vec<Option<&'a str>>,
+    assessments: Vec<Option<&'a str>>,
+}
+
+const DUE_FIRST_PAGE: &str = "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+     subject, parameters, initial_assessment, status, \
+     portal_code, portal_subject_code, portal_status, portal_revision, \
+     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+     error_message, error_attempts, error_at, row_version FROM tasks \
+     WHERE (status = ANY($1) \
+       OR status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[])) \
+     AND (lease_until IS NULL OR lease_until <= $2) \
+     AND $4::text IS NULL \
+     ORDER BY host_system_id LIMIT $3";
+
+const DUE_NEXT_PAGE: &str = "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+     subject, parameters, initial_assessment, status, \
+     portal_code, portal_subject_code, portal_status, portal_revision, \
+     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+     error_message, error_attempts, error_at, row_version FROM tasks \
+     WHERE host_system_id > $4 \
+     AND (status = ANY($1) \
+       OR status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[])) \
+     AND (lease_until IS NULL OR lease_until <= $2) \
+     ORDER BY host_system_id LIMIT $3";
+
+impl ImportBackend for PostgresStore {
+    async fn write_batch(
+        &self,
+        batch: Vec<PreparedTask>,
+        known: &mut HashSet<String>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let ids: Vec<TaskId> = batch.iter().map(|t| t.id.clone()).collect();
+        let existing = self.existing_statuses(&ids).await?;
+        let classified = import::classify(batch, &existing);
+        let mut outcome = BatchOutcome {
+            skipped: classified.skipped,
+            ..BatchOutcome::default()
+        };
+        match self
+            .store_tasks(&classified.new, &classified.updates, known)
+            .await
+        {
+            Ok((inserted, updated, docs)) => {
+                known.extend(docs);
+                tally_stored(
+                    &mut outcome,
+                    classified.new,
+                    classified.updates,
+                    &inserted,
+                    &updated,
+                );
+                Ok(outcome)
+            }
+            Err(e) if import::is_record_error(&e) => {
+                for task in classified.new.into_iter().chain(classified.updates) {
+                    let one = std::slice::from_ref(&task);
+                    let is_new = !existing.contains_key(&task.id);
+                    let (new, updates) = if is_new {
+                        (one, &[][..])
+                    } else {
+                        (&[][..], one)
+                    };
+                    match self.store_tasks(new, updates, &HashSet::new()).await {
+                        Ok((inserted, updated, _)) => tally_stored(
+                            &mut outcome,
+                            new.to_vec(),
+                            updates.to_vec(),
+                            &inserted,
+                            &updated,
+                        ),
+                        Err(e) if import::is_record_error(&e) => outcome.errors.push(ImportError {
+                            position: task.position,
+                            task_id: Some(task.id.clone()),
+                            message: format!("the database refused the record: {e}"),
+                        }),
+                        Err(e) => {
+                            return Err(StoreError::Query {
+                                operation: "import",
+                                source: e,
+                            });
+                        }
+                    }
+                }
+                Ok(outcome)
+            }
+            Err(source) => Err(StoreError::Query {
+                operation: "import",
+                source,
+            }),
+        }
+    }
+}
+
+impl WriteBackBackend for PostgresStore {
+    async fn read_states(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<HashMap<TaskId, Result<CurrentState, RowError>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host_system_id, status, \
+             portal_code, portal_subject_code, portal_status, portal_revision, \
+             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+             row_version FROM tasks WHERE host_system_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("write-back: read tasks"))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match RawPortal::from_row(row) {
+                Ok(raw) => {
+                    let state = raw.decode();
+                    out.insert(raw.id, state);
+                }
+                Err(e) => {
+                    out.insert(e.task_id().to_string(), Err(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_writes(&self, writes: &[PlannedWrite]) -> Result<HashSet<TaskId>, StoreError> {
+        let ids: Vec<&str> = writes.iter().map(|w| w.id.as_str()).collect();
+        let versions: Vec<i64> = writes.iter().map(|w| w.version).collect();
+        let statuses: Vec<&str> = writes.iter().map(|w| w.status.as_str()).collect();
+        let codes: Vec<&str> = writes.iter().map(|w| w.portal.code.as_str()).collect();
+        let subjects: Vec<&str> = writes
+            .iter()
+            .map(|w| w.portal.subject_code.as_str())
+            .collect();
+        let portal_statuses: Vec<&str> = writes.iter().map(|w| w.portal.status).collect();
+        let revisions: Vec<i64> = writes.iter().map(|w| w.portal.revision).collect();
+        let created: Vec<Option<&str>> = writes
+            .iter()
+            .map(|w| w.portal.date_created.as_deref())
+            .collect();
+        let started: Vec<Option<&str>> = writes
+            .iter()
+            .map(|w| w.portal.date_started.as_deref())
+            .collect();
+        let completed: Vec<Option<&str>> = writes
+            .iter()
+            .map(|w| w.portal.date_completed.as_deref())
+            .collect();
+        let assessments: Vec<Option<&str>> = writes
+            .iter()
+            .map(|w| w.portal.assessment.as_deref())
+            .collect();
+        // One statement, so no transaction is needed: it applies whole.
+        let rows = sqlx::query(
+            "UPDATE tasks AS t SET status = u.status, portal_code = u.code, \
+             portal_subject_code = u.subject_code, portal_status = u.portal_status, \
+             portal_revision = u.revision, portal_date_created = u.date_created, \
+             portal_date_started = u.date_started, portal_date_completed = u.date_completed, \
+             portal_assessment = u.assessment, row_version = t.row_version + 1 \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[]) \
+             AS u(id, version, status, code, subject_code, portal_status, revision, \
+             date_created, date_started, date_completed, assessment) \
+             WHERE t.host_system_id = u.id AND t.row_version = u.version \
+             RETURNING t.host_system_id",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&statuses)
+        .bind(&codes)
+        .bind(&subjects)
+        .bind(&portal_statuses)
+        .bind(&revisions)
+        .bind(&created)
+        .bind(&started)
+        .bind(&completed)
+        .bind(&assessments)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("write-back: update tasks"))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<HashSet<_>, _>>()
+            .map_err(StoreError::query("write-back: update tasks"))
+    }
+
+    async fn record_conflict(&self, id: &str, message: &str) -> Result<bool, StoreError> {
+        self.record_error(id, message).await
+    }
+}
+
+impl TaskStore for PostgresStore {
+    async fn import<R: Read + Send + 'static>(&self, input: R) -> Result<ImportReport, StoreError> {
+        import::run_import(self, input, DEFAULT_BATCH_SIZE).await
+    }
+
+    fn stream_due(&self, query: DueQuery) -> BoxStream<'static, Result<LocalTask, StoreError>> {
+        let store = self.clone();
+        let statuses: Vec<String> = query
+            .statuses
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        let state = PageState {
+            query,
+            statuses,
+            after: None,
+            cache: DocumentCache::default(),
+            done: false,
+        };
+        futures::stream::unfold((store, state), |(store, mut st)| async move {
+            if st.done {
+                return None;
+            }
+            let items = match store
+                .due_page(&st.query, &st.statuses, st.after.as_deref())
+                .await
+            {
+                Ok(rows) => {
+                    if rows.len() < st.query.batch_size.max(1) {
+                        st.done = true;
+                    }
+                    match rows.last().map(|r| r.try_get::<String, _>(0)) {
+                        None => st.done = true,
+                        Some(Ok(last)) => st.after = Some(last),
+                        Some(Err(e)) => {
+                            st.done = true;
+                            return Some((
+                                vec![Err(StoreError::query("stream due tasks")(e))],
+                                (store, st),
+                            ));
+                        }
+                    }
+                    match store.decode_rows(rows, &mut st.cache).await {
+                        Ok(tasks) => tasks
+                            .into_iter()
+                            .map(|t| t.map_err(StoreError::BadRow))
+                            .collect(),
+                        Err(e) => {
+                            st.done = true;
+                            vec![Err(e)]
+                        }
+                    }
+                }
+                Err(e) => {
+                    st.done = true;
+                    vec![Err(e)]
+                }
+            };
+            Some((items, (store, st)))
+        })
+        .flat_map(futures::stream::iter)
+        .boxed()
+    }
+
+    async fn lease(&self, request: LeaseRequest) -> Result<Vec<TaskId>, StoreError> {
+        if request.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "UPDATE tasks SET lease_job = $1, lease_until = $2 \
+             WHERE host_system_id = ANY($3) \
+             AND ($4 OR lease_until IS NULL OR lease_until <= $5 OR lease_job = $1) \
+             RETURNING host_system_id",
+        )
+        .bind(&request.job_id)
+        .bind(row::lease_millis(request.until))
+        .bind(&request.ids)
+        .bind(request.force)
+        .bind(row::lease_millis(request.now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("lease tasks"))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::query("lease tasks"))
+    }
+
+    async fn release(&self, ids: &[TaskId], job_id: &str) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_job = NULL, lease_until = NULL \
+             WHERE host_system_id = ANY($1) AND lease_job = $2",
+        )
+        .bind(ids)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::query("release tasks"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn load(&self, ids: &[TaskId]) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{TASK_SELECT} WHERE host_system_id = ANY($1)"
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("load tasks"))?;
+        let mut cache = DocumentCache::default();
+        let decoded = self.decode_rows(rows, &mut cache).await?;
+        Ok(super::in_asked_order(ids, decoded))
+    }
+
+    async fn write_back(&self, updates: &[PortalTask]) -> Result<WriteBackReport, StoreError> {
+        write_back_with(self, updates).await
+    }
+
+    async fn record_error(&self, id: &str, message: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET error_message = $1, error_attempts = error_attempts + 1, \
+             error_at = $2 WHERE host_system_id = $3",
+        )
+        .bind(message)
+        .bind(row::timestamp_text(Utc::now()))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::query("record error"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn clear_error(&self, ids: &[TaskId]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE tasks SET error_message = NULL, error_attempts = 0, error_at = NULL \
+             WHERE host_system_id = ANY($1) \
+             AND (error_message IS NOT NULL OR error_attempts <> 0)",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::query("clear error"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn counts(&self, now: DateTime<Utc>) -> Result<StatusCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*)::bigint, \
+             SUM(CASE WHEN error_message IS NOT NULL THEN 1 ELSE 0 END)::bigint, \
+             SUM(CASE WHEN lease_until > $1 THEN 1 ELSE 0 END)::bigint \
+             FROM tasks GROUP BY status",
+        )
+        .bind(row::lease_millis(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("count tasks"))?;
+        let mut groups = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let status = r.try_get::<String, _>(0).unwrap_or_default();
+            let get = |i: usize| {
+                r.try_get::<Option<i64>, _>(i)
+                    .map(|v| v.unwrap_or(0))
+                    .map_err(StoreError::query("count tasks"))
+            };
+            groups.push((status, get(1)?, get(2)?, get(3)?));
+        }
+        Ok(super::counts_from_groups(groups))
+    }
+}
+
+/// Where a due-task stream stands.
+struct PageState {
+    query: DueQuery,
+    statuses: Vec<String>,
+    after: Option<String>,
+    cache: DocumentCache,
+    done: bool,
+}

@@ -1,0 +1,711 @@
+//! The SQLite backend: the embedded default, one database file created and
+//! migrated on first use.
+//!
+//! The file runs in WAL mode (readers never block the writer) with a busy
+//! timeout, so several processes (the enqueue run, a few workers, the host)
+//! can share it. Every write is a `BEGIN IMMEDIATE` transaction: it takes the
+//! write lock up front, so a transaction never fails halfway on a lock
+//! upgrade. Lists of ids are bound as one JSON array and unpacked with
+//! `json_each`, so each statement is prepared once whatever the list length.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row as _, SqlSafeStr as _, Sqlite};
+
+use super::import::{self, BatchOutcome, ImportBackend, ImportError, PreparedTask};
+use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
+use super::write_back::{PlannedWrite, WriteBackBackend, write_back_with};
+use super::{
+    DEFAULT_BATCH_SIZE, DueQuery, ImportReport, LeaseRequest, RowError, StatusCounts, StoreError,
+    TaskStore, WriteBackReport,
+};
+use crate::task::{LocalTask, PortalTask, TaskId};
+
+const MIGRATION_0001: &str = include_str!("../../migrations/sqlite/0001_task_store.sql");
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "task store".into(),
+        MigrationType::Simple,
+        MIGRATION_0001.into_sql_str(),
+        false,
+    )])
+}
+
+/// A task store in one SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn ids_json(ids: &[TaskId]) -> String {
+    // Serializing strings cannot fail.
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory if needed) and migrates the
+    /// store at `sqlite://PATH` or `sqlite:PATH`.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if path.is_empty() {
+            return Err(bad("no file path (expected sqlite://PATH)"));
+        }
+        if path.contains('?') || path.starts_with(":memory:") {
+            return Err(bad(
+                "expected a file path; query parameters and in-memory databases are not supported",
+            ));
+        }
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                url: url.to_string(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: url.to_string(),
+                source,
+            })?;
+        let migrator = migrator();
+        // Two processes opening a new file at once race to migrate it; the
+        // loser finds the work done on its second look.
+        if migrator.run(&pool).await.is_err() {
+            migrator
+                .run(&pool)
+                .await
+                .map_err(|source| StoreError::Migrate {
+                    url: url.to_string(),
+                    source,
+                })?;
+        }
+        Ok(SqliteStore { pool })
+    }
+
+    /// The connection pool, for tests and tools that need raw SQL.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::query("begin transaction"))
+    }
+
+    async fn existing_statuses(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host_system_id, status FROM tasks \
+             WHERE host_system_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids_json(ids))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("import: read existing tasks"))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row
+                .try_get(0)
+                .map_err(StoreError::query("import: read existing tasks"))?;
+            // An unreadable status reads as unknown: such a task is not
+            // awaiting submission, so the record is skipped, never merged.
+            let status: String = row.try_get(1).unwrap_or_else(|_| "<unreadable>".into());
+            out.insert(id, status);
+        }
+        Ok(out)
+    }
+
+    /// Stores `tasks` in one transaction (all or nothing).
+    async fn store_tasks(
+        &self,
+        new: &[PreparedTask],
+        updates: &[PreparedTask],
+        known: &HashSet<String>,
+    ) -> Result<(HashSet<String>, HashSet<String>, Vec<String>), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (instruments, forms) = import::new_documents(new.iter().chain(updates), known);
+        let mut committed_docs = Vec::new();
+        for (kind, docs) in [
+            (DocumentKind::Instrument, instruments),
+            (DocumentKind::Form, forms),
+        ] {
+            for chunk in docs.chunks(200) {
+                let mut q = QueryBuilder::<Sqlite>::new(format!(
+                    "INSERT INTO {} (hash, body) ",
+                    kind.table()
+                ));
+                q.push_values(chunk, |mut b, doc| {
+                    b.push_bind(doc.hash.clone()).push_bind(doc.body.clone());
+                });
+                q.push(" ON CONFLICT (hash) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+                committed_docs.extend(chunk.iter().map(|d| d.hash.clone()));
+            }
+        }
+        let mut inserted = HashSet::new();
+        for chunk in new.chunks(DEFAULT_BATCH_SIZE) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO tasks (host_system_id, display_name, instrument_hash, form_hash, \
+                 subject, parameters, initial_assessment) ",
+            );
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(t.id.clone())
+                    .push_bind(t.display_name.clone())
+                    .push_bind(t.instrument.hash.clone())
+                    .push_bind(t.form.hash.clone())
+                    .push_bind(t.subject.clone())
+                    .push_bind(t.parameters.clone())
+                    .push_bind(t.initial_assessment.clone());
+            });
+            q.push(" ON CONFLICT (host_system_id) DO NOTHING RETURNING host_system_id");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                inserted.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        let mut updated = HashSet::new();
+        for t in updates {
+            let done = sqlx::query(
+                "UPDATE tasks SET display_name = ?1, instrument_hash = ?2, form_hash = ?3, \
+                 subject = ?4, parameters = ?5, initial_assessment = ?6, \
+                 error_message = NULL, error_attempts = 0, error_at = NULL, \
+                 row_version = row_version + 1 \
+                 WHERE host_system_id = ?7 AND status = 'awaiting-submission'",
+            )
+            .bind(&t.display_name)
+            .bind(&t.instrument.hash)
+            .bind(&t.form.hash)
+            .bind(&t.subject)
+            .bind(&t.parameters)
+            .bind(&t.initial_assessment)
+            .bind(&t.id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                updated.insert(t.id.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok((inserted, updated, committed_docs))
+    }
+
+    async fn fetch_documents(
+        &self,
+        kind: DocumentKind,
+        hashes: Vec<String>,
+        cache: &mut DocumentCache,
+    ) -> Result<(), StoreError> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let sql = match kind {
+            DocumentKind::Instrument => {
+                "SELECT hash, body FROM instruments WHERE hash IN (SELECT value FROM json_each(?1))"
+            }
+            DocumentKind::Form => {
+                "SELECT hash, body FROM forms WHERE hash IN (SELECT value FROM json_each(?1))"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(serde_json::to_string(&hashes).unwrap_or_else(|_| "[]".into()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read documents"))?;
+        for row in rows {
+            let Ok(hash) = row.try_get::<String, _>(0) else {
+                continue;
+            };
+            let body = row
+                .try_get::<String, _>(1)
+                .map_err(|e| format!("unreadable: {e}"));
+            cache.insert(kind, hash, body);
+        }
+        Ok(())
+    }
+
+    /// Decodes fetched rows, loading the documents they reference.
+    async fn decode_rows(
+        &self,
+        rows: Vec<SqliteRow>,
+        cache: &mut DocumentCache,
+    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+        let raws: Vec<Result<RawTask, RowError>> = rows.iter().map(RawTask::from_row).collect();
+        let good: Vec<&RawTask> = raws.iter().filter_map(|r| r.as_ref().ok()).collect();
+        for kind in [DocumentKind::Instrument, DocumentKind::Form] {
+            let missing = cache.missing(kind, good.iter().copied());
+            self.fetch_documents(kind, missing, cache).await?;
+        }
+        Ok(raws
+            .into_iter()
+            .map(|raw| raw.and_then(|raw| row::decode_task(raw, cache)))
+            .collect())
+    }
+
+    async fn due_page(
+        &self,
+        query: &DueQuery,
+        statuses: &str,
+        after: Option<&str>,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let limit = i64::try_from(query.batch_size.max(1)).unwrap_or(i64::MAX);
+        let now = row::lease_millis(query.now);
+        let sql = match after {
+            None => DUE_FIRST_PAGE,
+            Some(_) => DUE_NEXT_PAGE,
+        };
+        sqlx::query(sql)
+            .bind(statuses)
+            .bind(now)
+            .bind(limit)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("stream due tasks"))
+    }
+}
+
+const DUE_FIRST_PAGE: &str = concat!(
+    "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+     subject, parameters, initial_assessment, status, \
+     portal_code, portal_subject_code, portal_status, portal_revision, \
+     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+     error_message, error_attempts, error_at, row_version \
+     FROM tasks WHERE ",
+    "(status IN (SELECT value FROM json_each(?1)) \
+      OR status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled')) \
+     AND (lease_until IS NULL OR lease_until <= ?2) \
+     AND (?4 IS NULL) \
+     ORDER BY host_system_id LIMIT ?3"
+);
+
+const DUE_NEXT_PAGE: &str = concat!(
+    "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+     subject, parameters, initial_assessment, status, \
+     portal_code, portal_subject_code, portal_status, portal_revision, \
+     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+     error_message, error_attempts, error_at, row_version \
+     FROM tasks WHERE host_system_id > ?4 AND ",
+    "(status IN (SELECT value FROM json_each(?1)) \
+      OR status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled')) \
+     AND (lease_until IS NULL OR lease_until <= ?2) \
+     ORDER BY host_system_id LIMIT ?3"
+);
+
+impl ImportBackend for SqliteStore {
+    async fn write_batch(
+        &self,
+        batch: Vec<PreparedTask>,
+        known: &mut HashSet<String>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let ids: Vec<TaskId> = batch.iter().map(|t| t.id.clone()).collect();
+        let existing = self.existing_statuses(&ids).await?;
+        let classified = import::classify(batch, &existing);
+        let mut outcome = BatchOutcome {
+            skipped: classified.skipped,
+            ..BatchOutcome::default()
+        };
+        match self
+            .store_tasks(&classified.new, &classified.updates, known)
+            .await
+        {
+            Ok((inserted, updated, docs)) => {
+                known.extend(docs);
+                tally_stored(
+                    &mut outcome,
+                    classified.new,
+                    classified.updates,
+                    &inserted,
+                    &updated,
+                );
+                Ok(outcome)
+            }
+            Err(e) if import::is_record_error(&e) => {
+                // Some record is refused: store each on its own to find it.
+                for task in classified.new.into_iter().chain(classified.updates) {
+                    let one = std::slice::from_ref(&task);
+                    let is_new = !existing.contains_key(&task.id);
+                    let (new, updates) = if is_new {
+                        (one, &[][..])
+                    } else {
+                        (&[][..], one)
+                    };
+                    match self.store_tasks(new, updates, &HashSet::new()).await {
+                        Ok((inserted, updated, _)) => tally_stored(
+                            &mut outcome,
+                            new.to_vec(),
+                            updates.to_vec(),
+                            &inserted,
+                            &updated,
+                        ),
+                        Err(e) if import::is_record_error(&e) => outcome.errors.push(ImportError {
+                            position: task.position,
+                            task_id: Some(task.id.clone()),
+                            message: format!("the database refused the record: {e}"),
+                        }),
+                        Err(e) => {
+                            return Err(StoreError::Query {
+                                operation: "import",
+                                source: e,
+                            });
+                        }
+                    }
+                }
+                Ok(outcome)
+            }
+            Err(source) => Err(StoreError::Query {
+                operation: "import",
+                source,
+            }),
+        }
+    }
+}
+
+/// Counts what [`SqliteStore::store_tasks`] (or its PostgreSQL twin) did; a
+/// record that neither landed nor updated lost a race with another writer
+/// and is reported as skipped.
+pub(crate) fn tally_stored(
+    outcome: &mut BatchOutcome,
+    new: Vec<PreparedTask>,
+    updates: Vec<PreparedTask>,
+    inserted: &HashSet<String>,
+    updated: &HashSet<String>,
+) {
+    for task in new {
+        if inserted.contains(&task.id) {
+            outcome.inserted += 1;
+        } else {
+            outcome.skipped.push(super::SkippedRecord {
+                position: task.position,
+                task_id: task.id,
+                status: "inserted meanwhile by another writer".into(),
+            });
+        }
+    }
+    for task in updates {
+        if updated.contains(&task.id) {
+            outcome.updated += 1;
+        } else {
+            outcome.skipped.push(super::SkippedRecord {
+                position: task.position,
+                task_id: task.id,
+                status: "submitted meanwhile".into(),
+            });
+        }
+    }
+}
+
+impl WriteBackBackend for SqliteStore {
+    async fn read_states(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<HashMap<TaskId, Result<CurrentState, RowError>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host_system_id, status, \
+             portal_code, portal_subject_code, portal_status, portal_revision, \
+             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+             row_version FROM tasks WHERE host_system_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids_json(ids))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("write-back: read tasks"))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match RawPortal::from_row(row) {
+                Ok(raw) => {
+                    let state = raw.decode();
+                    out.insert(raw.id, state);
+                }
+                Err(e) => {
+                    out.insert(e.task_id().to_string(), Err(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_writes(&self, writes: &[PlannedWrite]) -> Result<HashSet<TaskId>, StoreError> {
+        let op = StoreError::query("write-back: update tasks");
+        let mut tx = self.begin().await?;
+        let mut written = HashSet::with_capacity(writes.len());
+        for w in writes {
+            let done = sqlx::query(
+                "UPDATE tasks SET status = ?1, portal_code = ?2, portal_subject_code = ?3, \
+                 portal_status = ?4, portal_revision = ?5, portal_date_created = ?6, \
+                 portal_date_started = ?7, portal_date_completed = ?8, portal_assessment = ?9, \
+                 row_version = row_version + 1 \
+                 WHERE host_system_id = ?10 AND row_version = ?11",
+            )
+            .bind(w.status.as_str())
+            .bind(&w.portal.code)
+            .bind(&w.portal.subject_code)
+            .bind(w.portal.status)
+            .bind(w.portal.revision)
+            .bind(&w.portal.date_created)
+            .bind(&w.portal.date_started)
+            .bind(&w.portal.date_completed)
+            .bind(&w.portal.assessment)
+            .bind(&w.id)
+            .bind(w.version)
+            .execute(&mut *tx)
+            .await;
+            match done {
+                Ok(done) if done.rows_affected() == 1 => {
+                    written.insert(w.id.clone());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(op(e)),
+            }
+        }
+        tx.commit().await.map_err(op)?;
+        Ok(written)
+    }
+
+    async fn record_conflict(&self, id: &str, message: &str) -> Result<bool, StoreError> {
+        self.record_error(id, message).await
+    }
+}
+
+impl TaskStore for SqliteStore {
+    async fn import<R: Read + Send + 'static>(&self, input: R) -> Result<ImportReport, StoreError> {
+        import::run_import(self, input, DEFAULT_BATCH_SIZE).await
+    }
+
+    fn stream_due(&self, query: DueQuery) -> BoxStream<'static, Result<LocalTask, StoreError>> {
+        let store = self.clone();
+        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+        let statuses = serde_json::to_string(&statuses).unwrap_or_else(|_| "[]".into());
+        let state = PageState {
+            query,
+            statuses,
+            after: None,
+            cache: DocumentCache::default(),
+            done: false,
+        };
+        futures::stream::unfold((store, state), |(store, mut st)| async move {
+            if st.done {
+                return None;
+            }
+            let items = match store
+                .due_page(&st.query, &st.statuses, st.after.as_deref())
+                .await
+            {
+                Ok(rows) => {
+                    if rows.len() < st.query.batch_size.max(1) {
+                        st.done = true;
+                    }
+                    match rows.last().map(|r| r.try_get::<String, _>(0)) {
+                        None => st.done = true,
+                        Some(Ok(last)) => st.after = Some(last),
+                        Some(Err(e)) => {
+                            st.done = true;
+                            return Some((
+                                vec![Err(StoreError::query("stream due tasks")(e))],
+                                (store, st),
+                            ));
+                        }
+                    }
+                    match store.decode_rows(rows, &mut st.cache).await {
+                        Ok(tasks) => tasks
+                            .into_iter()
+                            .map(|t| t.map_err(StoreError::BadRow))
+                            .collect(),
+                        Err(e) => {
+                            st.done = true;
+                            vec![Err(e)]
+                        }
+                    }
+                }
+                Err(e) => {
+                    st.done = true;
+                    vec![Err(e)]
+                }
+            };
+            Some((items, (store, st)))
+        })
+        .flat_map(futures::stream::iter)
+        .boxed()
+    }
+
+    async fn lease(&self, request: LeaseRequest) -> Result<Vec<TaskId>, StoreError> {
+        if request.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = StoreError::query("lease tasks");
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE tasks SET lease_job = ?1, lease_until = ?2 \
+             WHERE host_system_id IN (SELECT value FROM json_each(?3)) \
+             AND (?4 OR lease_until IS NULL OR lease_until <= ?5 OR lease_job = ?1) \
+             RETURNING host_system_id",
+        )
+        .bind(&request.job_id)
+        .bind(row::lease_millis(request.until))
+        .bind(ids_json(&request.ids))
+        .bind(request.force)
+        .bind(row::lease_millis(request.now))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(op)?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("lease tasks"))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::query("lease tasks"))
+    }
+
+    async fn release(&self, ids: &[TaskId], job_id: &str) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let op = StoreError::query("release tasks");
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_job = NULL, lease_until = NULL \
+             WHERE host_system_id IN (SELECT value FROM json_each(?1)) AND lease_job = ?2",
+        )
+        .bind(ids_json(ids))
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(op)?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("release tasks"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn load(&self, ids: &[TaskId]) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+             subject, parameters, initial_assessment, status, \
+             portal_code, portal_subject_code, portal_status, portal_revision, \
+             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+             error_message, error_attempts, error_at, row_version \
+             FROM tasks WHERE host_system_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids_json(ids))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("load tasks"))?;
+        let mut cache = DocumentCache::default();
+        let decoded = self.decode_rows(rows, &mut cache).await?;
+        Ok(super::in_asked_order(ids, decoded))
+    }
+
+    async fn write_back(&self, updates: &[PortalTask]) -> Result<WriteBackReport, StoreError> {
+        write_back_with(self, updates).await
+    }
+
+    async fn record_error(&self, id: &str, message: &str) -> Result<bool, StoreError> {
+        let op = StoreError::query("record error");
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE tasks SET error_message = ?1, error_attempts = error_attempts + 1, \
+             error_at = ?2 WHERE host_system_id = ?3",
+        )
+        .bind(message)
+        .bind(row::timestamp_text(Utc::now()))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(op)?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("record error"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn clear_error(&self, ids: &[TaskId]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let op = StoreError::query("clear error");
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE tasks SET error_message = NULL, error_attempts = 0, error_at = NULL \
+             WHERE host_system_id IN (SELECT value FROM json_each(?1)) \
+             AND (error_message IS NOT NULL OR error_attempts <> 0)",
+        )
+        .bind(ids_json(ids))
+        .execute(&mut *tx)
+        .await
+        .map_err(op)?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("clear error"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn counts(&self, now: DateTime<Utc>) -> Result<StatusCounts, StoreError> {
+        let op = StoreError::query("count tasks");
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*), \
+             SUM(CASE WHEN error_message IS NOT NULL THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END) \
+             FROM tasks GROUP BY status",
+        )
+        .bind(row::lease_millis(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(op)?;
+        let mut groups = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let status = r.try_get::<String, _>(0).unwrap_or_default();
+            let get = |i: usize| {
+                r.try_get::<Option<i64>, _>(i)
+                    .map(|v| v.unwrap_or(0))
+                    .map_err(StoreError::query("count tasks"))
+            };
+            groups.push((status, get(1)?, get(2)?, get(3)?));
+        }
+        Ok(super::counts_from_groups(groups))
+    }
+}
+
+/// Where a due-task stream stands.
+struct PageState {
+    query: DueQuery,
+    statuses: String,
+    after: Option<String>,
+    cache: DocumentCache,
+    done: bool,
+}

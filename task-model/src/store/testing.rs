@@ -1,0 +1,1 @@
+//! Throwaway stores for tests (feature `testing`).
