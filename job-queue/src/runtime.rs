@@ -428,6 +428,10 @@ impl Runtime {
                 match self.write_settles(&batch).await {
                     Ok(applied) => {
                         backoff.reset();
+                        if batch.iter().any(|s| matches!(s.kind, SettleKind::Retry(_))) {
+                            // Let the fetcher learn the new due time.
+                            self.wake.notify_one();
+                        }
                         let mut held = lock(&self.held);
                         for (s, ok) in batch.iter().zip(applied) {
                             held.remove(&s.id);

@@ -49,6 +49,8 @@ for i = 0, n - 1 do
     if idem ~= '' then redis.call('SET', prefix .. ':idem:' .. idem, id) end
     if delay > 0 then
       redis.call('ZADD', scheduled, now + delay, id)
+      -- wake an idle worker so it learns the new due time
+      ready = ready + 1
     else
       redis.call('RPUSH', pending, id)
       ready = ready + 1
