@@ -520,7 +520,7 @@ mod tests {
         let parsed = parse_all(&text);
         assert_eq!(parsed.len(), 3);
         assert!(parsed[0].is_ok());
-        let err = parsed[1].as_ref().err().expect("line 3 is bad");
+        let err = parsed[1].as_ref().expect_err("line 3 is bad");
         assert_eq!(err.position, RecordPosition::Line(3));
         assert!(err.message.starts_with("invalid JSON"), "{}", err.message);
         assert_eq!(parsed[2].as_ref().map(|t| t.id.as_str()).ok(), Some("t2"));
@@ -532,7 +532,7 @@ mod tests {
         let text = format!("\u{feff} [{TASK}, {bad}, {}]", TASK.replace("t1", "t3"));
         let parsed = parse_all(&text);
         assert_eq!(parsed.len(), 3);
-        let err = parsed[1].as_ref().err().expect("index 1 is bad");
+        let err = parsed[1].as_ref().expect_err("index 1 is bad");
         assert_eq!(err.position, RecordPosition::Index(1));
         assert_eq!(err.task_id.as_deref(), Some("t1"));
         assert!(
@@ -549,7 +549,7 @@ mod tests {
         let parsed = parse_all(&text);
         assert_eq!(parsed.len(), 2);
         assert!(parsed[0].is_ok());
-        let err = parsed[1].as_ref().err().expect("truncated");
+        let err = parsed[1].as_ref().expect_err("truncated");
         assert_eq!(err.position, RecordPosition::Index(1));
         assert!(err.message.contains("rest of the array"), "{}", err.message);
     }
