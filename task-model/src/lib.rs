@@ -11,10 +11,10 @@ pub mod transition;
 pub mod validate;
 
 pub use job::{JobKind, PullPage, QUEUE_NAME, SyncJob};
+pub use settings::{Env, Settings, SettingsError};
 pub use task::{
     HostTask, LocalStatus, LocalTask, PortalDate, PortalState, PortalStatus, PortalTask, Subject,
     TaskError, TaskId, User,
 };
 pub use transition::{IgnoreReason, UpdateDecision, decide_update, decide_update_for};
 pub use validate::{ValidationErrors, validate_task};
-pub use settings::{Env, Settings, SettingsError};

@@ -103,7 +103,11 @@ impl fmt::Display for KeyProblem {
             ProblemKind::Invalid {
                 value: Some(value),
                 expected,
-            } => write!(f, "{key} ({}): {value} is invalid; expected {expected}", self.origin),
+            } => write!(
+                f,
+                "{key} ({}): {value} is invalid; expected {expected}",
+                self.origin
+            ),
             ProblemKind::Invalid {
                 value: None,
                 expected,

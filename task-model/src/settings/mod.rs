@@ -98,11 +98,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(300);
-pub const DEFAULT_HTTP_BIND: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9102);
+pub const DEFAULT_HTTP_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9102);
 
-/// Every block and its keys; nothing else is accepted.
-pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
+/// Every block and its keys, in file order; nothing else is accepted.
+pub const KEYS: &[(&str, &[&str])] = &[
     (
         "portal_client",
         &[
@@ -438,11 +437,21 @@ fn read_api_key(r: &mut Reader<'_>) -> Option<(SecretString, Option<PathBuf>)> {
                 }
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Err(_) => {
-                        r.push(PC, "api_key_file", origin, unreadable("not UTF-8 text".into()));
+                        r.push(
+                            PC,
+                            "api_key_file",
+                            origin,
+                            unreadable("not UTF-8 text".into()),
+                        );
                         None
                     }
                     Ok(text) if text.trim().is_empty() => {
-                        r.push(PC, "api_key_file", origin, unreadable("the file is empty".into()));
+                        r.push(
+                            PC,
+                            "api_key_file",
+                            origin,
+                            unreadable("the file is empty".into()),
+                        );
                         None
                     }
                     Ok(text) => Some((SecretString::from(text.trim().to_owned()), Some(path))),
@@ -509,8 +518,14 @@ fn read_store(r: &mut Reader<'_>) -> Option<StoreSettings> {
 
 fn read_worker(r: &mut Reader<'_>) -> Option<WorkerSettings> {
     const W: &str = "worker";
-    let concurrency =
-        r.integer(W, "concurrency", DEFAULT_CONCURRENCY as u64, 1, 4096, " of jobs") as usize;
+    let concurrency = r.integer(
+        W,
+        "concurrency",
+        DEFAULT_CONCURRENCY as u64,
+        1,
+        4096,
+        " of jobs",
+    ) as usize;
     let rate_limit_per_second = r.number(
         W,
         "rate_limit_per_second",

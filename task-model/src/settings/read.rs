@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use super::ClientCertificate;
 use super::error::{KeyProblem, ProblemKind};
 use super::secret_url::SecretUrl;
 use super::source::{Entry, Layers, Node, Origin, Raw, env_var_name, show_str};
-use super::ClientCertificate;
 
 pub(crate) struct Reader<'a> {
     pub(crate) layers: &'a Layers,
@@ -30,9 +30,7 @@ pub(crate) enum Shown {
 
 impl Reader<'_> {
     pub(crate) fn entry(&self, block: &str, key: &str) -> Option<&Entry> {
-        self.layers
-            .entries
-            .get(&(block.to_owned(), key.to_owned()))
+        self.layers.entries.get(&(block.to_owned(), key.to_owned()))
     }
 
     pub(crate) fn is_set(&self, block: &str, key: &str) -> bool {
@@ -132,7 +130,11 @@ impl Reader<'_> {
         match SecretUrl::parse(text.trim()) {
             Ok(u) if schemes.contains(&u.scheme()) => Some(u),
             Ok(u) => {
-                let expected = format!("{what} (scheme {}), not {}://", schemes.join(", "), u.scheme());
+                let expected = format!(
+                    "{what} (scheme {}), not {}://",
+                    schemes.join(", "),
+                    u.scheme()
+                );
                 self.invalid(block, key, &entry, Shown::Url, expected);
                 None
             }
@@ -175,7 +177,13 @@ impl Reader<'_> {
                     Raw::Yaml(node) => format!(", found {}", node.kind()),
                     Raw::Env(_) => String::new(),
                 };
-                self.invalid(block, key, &entry, Shown::Plain, format!("{}{found}", expected()));
+                self.invalid(
+                    block,
+                    key,
+                    &entry,
+                    Shown::Plain,
+                    format!("{}{found}", expected()),
+                );
                 default
             }
         }
@@ -232,8 +240,7 @@ impl Reader<'_> {
             Raw::Env(s) => s.trim().parse::<f64>().ok(),
             _ => None,
         };
-        let range_ok =
-            |s: f64| s.is_finite() && s >= min.as_secs_f64() && s <= max.as_secs_f64();
+        let range_ok = |s: f64| s.is_finite() && s >= min.as_secs_f64() && s <= max.as_secs_f64();
         match secs {
             Some(s) if range_ok(s) => Duration::from_secs_f64(s),
             _ => {
@@ -259,7 +266,12 @@ impl Reader<'_> {
             .map(PathBuf::from)
     }
 
-    pub(crate) fn socket_addr(&mut self, block: &str, key: &str, default: SocketAddr) -> SocketAddr {
+    pub(crate) fn socket_addr(
+        &mut self,
+        block: &str,
+        key: &str,
+        default: SocketAddr,
+    ) -> SocketAddr {
         let Some(text) = self.non_empty(block, key, Shown::Plain, "an address host:port") else {
             return default;
         };
@@ -310,7 +322,9 @@ impl Reader<'_> {
             }),
             _ => {
                 let expected = match &entry.raw {
-                    Raw::Env(_) => format!("{EXPECTED}; in the environment: cert.pem or cert.pem,key.pem"),
+                    Raw::Env(_) => {
+                        format!("{EXPECTED}; in the environment: cert.pem or cert.pem,key.pem")
+                    }
                     _ => EXPECTED.to_owned(),
                 };
                 self.invalid(block, key, &entry, Shown::Plain, expected);

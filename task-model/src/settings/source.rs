@@ -11,7 +11,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use super::error::{KeyProblem, ProblemKind, SettingsError};
-use super::{ENV_PREFIX, ENV_SEPARATOR, Env, SCHEMA};
+use super::{ENV_PREFIX, ENV_SEPARATOR, Env, KEYS};
 
 /// A YAML node with the locations of its children.
 #[derive(Clone, Debug, PartialEq)]
@@ -204,7 +204,12 @@ pub(crate) fn read_yaml(
             path: path.to_owned(),
             line: loc.map_or(0, |l| l.line()),
             column: loc.map_or(0, |l| l.column()),
-            message: e.without_snippet().to_string(),
+            // The plain message; line and column are in their own fields.
+            message: serde_saphyr::MessageFormatter::format_message(
+                &serde_saphyr::UserMessageFormatter,
+                e.without_snippet(),
+            )
+            .into_owned(),
         }
     })?;
     let mut layers = Layers::default();
@@ -219,7 +224,7 @@ pub(crate) fn read_yaml(
                     value: Some(other.show()),
                     expected: format!(
                         "a mapping with the blocks {}",
-                        SCHEMA.iter().map(|(b, _)| *b).collect::<Vec<_>>().join(", ")
+                        KEYS.iter().map(|(b, _)| *b).collect::<Vec<_>>().join(", ")
                     ),
                 },
             });
@@ -231,12 +236,12 @@ pub(crate) fn read_yaml(
         let Some(block_name) = key_name(&block_key.value, "", &origin, problems) else {
             continue;
         };
-        let Some((_, keys)) = SCHEMA.iter().find(|(b, _)| *b == block_name) else {
+        let Some((_, keys)) = KEYS.iter().find(|(b, _)| *b == block_name) else {
             problems.push(KeyProblem {
                 key: block_name,
                 origin,
                 kind: ProblemKind::Unknown {
-                    expected: SCHEMA.iter().map(|(b, _)| *b).collect(),
+                    expected: KEYS.iter().map(|(b, _)| *b).collect(),
                 },
             });
             continue;
@@ -328,7 +333,7 @@ pub(crate) fn overlay_env(layers: &mut Layers, env: &Env, problems: &mut Vec<Key
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let found = SCHEMA.iter().find_map(|(block, keys)| {
+        let found = KEYS.iter().find_map(|(block, keys)| {
             keys.iter()
                 .find(|key| env_var_name(block, key) == var)
                 .map(|key| (block.to_string(), key.to_string()))
