@@ -448,6 +448,7 @@ impl Client {
                 call: call.clone(),
                 path: ".".into(),
                 message: format!("could not encode the request body: {e}"),
+                truncated: false,
             })?;
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -516,6 +517,7 @@ fn expect_json<T: DeserializeOwned>(call: &Call, answer: Answer) -> Result<T, Po
             call: call.clone(),
             path: ".".into(),
             message: "expected a JSON body, the portal answered 204 No Content".into(),
+            truncated: false,
         }),
         Answer::Absent => Err(PortalError::NotFound { call: call.clone() }),
     }
@@ -527,12 +529,14 @@ fn decode<T: DeserializeOwned>(call: &Call, bytes: &[u8]) -> Result<T, PortalErr
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| PortalError::Decode {
         call: call.clone(),
         path: e.path().to_string(),
+        truncated: e.inner().is_eof(),
         message: e.into_inner().to_string(),
     })?;
     de.end().map_err(|e| PortalError::Decode {
         call: call.clone(),
         path: ".".into(),
         message: e.to_string(),
+        truncated: false,
     })?;
     Ok(value)
 }

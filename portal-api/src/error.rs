@@ -128,11 +128,14 @@ pub enum PortalError {
     },
 
     /// The answer was not what the contract says: where in the body and why.
+    /// `truncated` means the JSON ended early (a body cut in transit, though
+    /// its framing claimed it complete); only that case is retryable.
     #[error("{call}: undecodable response at `{path}`: {message}")]
     Decode {
         call: Call,
         path: String,
         message: String,
+        truncated: bool,
     },
 
     /// The portal broke the paging contract (e.g. it ignores `offset`).
@@ -142,11 +145,13 @@ pub enum PortalError {
 
 impl PortalError {
     /// Whether trying the same call again later may succeed: network
-    /// failures, 408, 429 and 5xx. Authentication failures, rejections,
-    /// conflicts and undecodable answers are not retryable.
+    /// failures, 408, 429, 5xx and a truncated body. Authentication
+    /// failures, rejections, conflicts and otherwise undecodable answers are
+    /// not retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
             PortalError::Network { .. } => true,
+            PortalError::Decode { truncated, .. } => *truncated,
             PortalError::Status { status, .. } => {
                 *status == 408 || *status == 429 || (500..=599).contains(status)
             }
@@ -156,7 +161,6 @@ impl PortalError {
             | PortalError::TaskAlreadySubmitted { .. }
             | PortalError::NotFound { .. }
             | PortalError::Conflict { .. }
-            | PortalError::Decode { .. }
             | PortalError::Protocol { .. } => false,
         }
     }
