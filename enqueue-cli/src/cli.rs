@@ -160,7 +160,7 @@ Examples:
     Completions(CompletionsArgs),
 }
 
-#[derive(Clone, Debug, Default, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct EnqueueArgs {
     /// Also queue refresh jobs for every task awaiting completion, not only a
     /// pull of the unacknowledged updates (the full sweep).
@@ -184,6 +184,34 @@ pub struct EnqueueArgs {
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// How long a queued task stays leased to its job, in seconds. A task
+    /// whose job was lost (e.g. Redis lost its data) is queued again after
+    /// this; a job still queued is never duplicated.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "PORTAL_SYNC_LEASE_SECS",
+        default_value_t = DEFAULT_LEASE_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600)
+    )]
+    pub lease_secs: u64,
+}
+
+/// Default of `enqueue --lease-secs`: 30 minutes.
+pub const DEFAULT_LEASE_SECS: u64 = 1800;
+
+impl Default for EnqueueArgs {
+    fn default() -> EnqueueArgs {
+        EnqueueArgs {
+            complete: false,
+            tasks: Vec::new(),
+            dry_run: false,
+            max_pending: None,
+            json: false,
+            lease_secs: DEFAULT_LEASE_SECS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Args)]

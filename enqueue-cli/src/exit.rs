@@ -52,8 +52,9 @@ impl From<ExitStatus> for ExitCode {
 /// Why a command stopped. Each message says what failed and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("settings: {message} (fix the settings file or its environment overrides)")]
-    Settings { message: String },
+    /// One entry per problem found (the loader reports them all at once).
+    #[error("settings: {} (fix the settings file or its PORTAL_SYNC__* overrides)", lines.join("; "))]
+    Settings { lines: Vec<String> },
 
     #[error("usage: {message}")]
     Usage { message: String },
@@ -65,6 +66,13 @@ pub enum CommandError {
         url: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("{source} (start Redis or fix `redis.url`; what was not pushed is not left leased)")]
+    Queue {
+        action: &'static str,
+        #[source]
+        source: job_queue::QueueError,
     },
 
     #[error(
@@ -91,16 +99,37 @@ pub enum CommandError {
     )]
     Locked { holder: String, expires_in_ms: i64 },
 
-    #[error("{0} check(s) failed (see above)")]
+    #[error("{0} check(s) failed (each is named above; fix it and run `portal-sync check` again)")]
     ChecksFailed(usize),
 }
 
 impl CommandError {
+    /// The message as lines for stderr, one problem per line.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            CommandError::Settings { lines } => {
+                let mut out: Vec<String> = lines
+                    .iter()
+                    .map(|l| l.trim().trim_start_matches("- ").to_string())
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!("settings: {l}"))
+                    .collect();
+                out.push(
+                    "settings: fix the settings file (--config) or its PORTAL_SYNC__<BLOCK>__<KEY> overrides"
+                        .to_string(),
+                );
+                out
+            }
+            other => vec![other.to_string()],
+        }
+    }
+
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             CommandError::Settings { .. } | CommandError::Usage { .. } => ExitStatus::Usage,
             CommandError::Input { .. } => ExitStatus::Usage,
             CommandError::Redis { .. }
+            | CommandError::Queue { .. }
             | CommandError::Store { .. }
             | CommandError::Portal { .. }
             | CommandError::ChecksFailed(_) => ExitStatus::Unreachable,

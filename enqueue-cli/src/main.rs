@@ -27,7 +27,9 @@ fn main() -> ExitCode {
     match runtime.block_on(enqueue_cli::run(global, command, output)) {
         Ok(status) => status.into(),
         Err(error) => {
-            eprintln!("portal-sync: {error}");
+            for line in error.lines() {
+                eprintln!("portal-sync: {line}");
+            }
             error.exit_status().into()
         }
     }
