@@ -19,8 +19,14 @@
 //! 2. **Repeated.** An update whose portal state equals the one held
 //!    (same revision, same content) changes nothing.
 //! 3. **Stale.** An update whose `revision` is lower than the one held.
-//! 4. **Same revision, other content.** The portal said two different things
-//!    at one revision: a conflict (unless both revisions are 0, see below).
+//! 4. **Same revision, other content.** Dates and assessment are compared
+//!    field by field, an absent field counting as "less known". If the update
+//!    knows less than the held state and agrees on the rest (an abbreviated
+//!    listing without the assessment), it is **Repeated**; if it knows more
+//!    and agrees on the rest, it is applied (step 5 on); if the two disagree
+//!    (other status, other date, other assessment) the portal said two
+//!    different things at one revision: a **Conflict**. Revision 0 on both
+//!    sides is the revision-less case below.
 //! 5. **Backwards.** An update whose mapped local status is behind the local
 //!    status, or that would change a final status into another one.
 //! 6. Otherwise [`UpdateDecision::Advance`]: the task takes the mapped status
@@ -42,9 +48,11 @@
 //! - portal status behind the held one (`in-progress` → `waiting`, or
 //!   `complete` ↔ `cancelled`): **Backwards**;
 //! - portal status further along: **Advance**;
-//! - same portal status: a date the held state has but the update lacks marks
-//!   the update as an older snapshot (**Stale**; portal dates are set once and
-//!   never cleared); otherwise changed dates or assessment are an **Advance**.
+//! - same portal status: a date or an assessment the held state has but the
+//!   update lacks marks the update as an older or abbreviated snapshot
+//!   (**Stale**; portal dates are set once and never cleared, and an answer
+//!   once saved is not dropped); otherwise changed dates or assessment are an
+//!   **Advance**.
 //!
 //! The last case is last-writer-wins: two snapshots at the same status with
 //! different partial assessments cannot be ordered without revisions, so the
@@ -186,10 +194,16 @@ pub fn decide_update(
                 return UpdateDecision::Ignore(IgnoreReason::Stale);
             }
             if update.revision == cur.revision {
-                return UpdateDecision::Conflict(format!(
-                    "portal task {:?} reported revision {} twice with different content",
-                    update.code, update.revision
-                ));
+                match compare_known(cur, update) {
+                    Known::Less => return UpdateDecision::Ignore(IgnoreReason::Repeated),
+                    Known::More => {}
+                    Known::Disagree => {
+                        return UpdateDecision::Conflict(format!(
+                            "portal task {:?} reported revision {} twice with different content",
+                            update.code, update.revision
+                        ));
+                    }
+                }
             }
         }
         if moves_backwards(status, target) {
@@ -244,6 +258,47 @@ fn same_state(cur: &PortalState, update: &PortalTask) -> bool {
         && cur.assessment == update.assessment
 }
 
+/// How an update at the held revision relates to the held state.
+enum Known {
+    /// Agrees, and lacks some fields the held state has (or has the same).
+    Less,
+    /// Agrees, and has fields the held state lacks.
+    More,
+    /// Some field differs.
+    Disagree,
+}
+
+fn compare_known(cur: &PortalState, update: &PortalTask) -> Known {
+    fn field<T: PartialEq>(held: &Option<T>, new: &Option<T>, more: &mut bool) -> bool {
+        match (held, new) {
+            (Some(a), Some(b)) => a == b,
+            (None, Some(_)) => {
+                *more = true;
+                true
+            }
+            _ => true,
+        }
+    }
+    let mut more = false;
+    let agree = cur.status == update.status
+        && field(&cur.date_created, &update.date_created, &mut more)
+        && field(&cur.date_started, &update.date_started, &mut more)
+        && field(&cur.date_completed, &update.date_completed, &mut more)
+        && field(&cur.assessment, &update.assessment, &mut more);
+    let less = [
+        cur.date_created.is_some() && update.date_created.is_none(),
+        cur.date_started.is_some() && update.date_started.is_none(),
+        cur.date_completed.is_some() && update.date_completed.is_none(),
+        cur.assessment.is_some() && update.assessment.is_none(),
+    ]
+    .contains(&true);
+    match (agree, more, less) {
+        (false, _, _) | (true, true, true) => Known::Disagree,
+        (true, true, false) => Known::More,
+        (true, false, _) => Known::Less,
+    }
+}
+
 /// A final status never changes; otherwise the status may not go back.
 fn moves_backwards(status: LocalStatus, target: LocalStatus) -> bool {
     if status.is_final() {
@@ -265,5 +320,6 @@ fn unrevisioned_ignore(cur: &PortalState, update: &PortalTask) -> Option<IgnoreR
     let lost_date = (cur.date_created.is_some() && update.date_created.is_none())
         || (cur.date_started.is_some() && update.date_started.is_none())
         || (cur.date_completed.is_some() && update.date_completed.is_none());
-    lost_date.then_some(IgnoreReason::Stale)
+    let lost_assessment = cur.assessment.is_some() && update.assessment.is_none();
+    (lost_date || lost_assessment).then_some(IgnoreReason::Stale)
 }

@@ -401,3 +401,50 @@ proptest! {
         prop_assert_eq!(task.portal, Some(PortalState::from(latest)));
     }
 }
+
+#[test]
+fn abbreviated_update_at_held_revision_is_repeated() {
+    let mut held = update(PortalStatus::InProgress, 4);
+    held.assessment = Some(json!({"values": {"q1": {"value": 1}}}));
+    let mut abbreviated = held.clone();
+    abbreviated.assessment = None;
+    let d = decide_update(
+        LocalStatus::AwaitingCompletion,
+        Some(&state(&held)),
+        &abbreviated,
+    );
+    assert_eq!(ignored(&d), Some(IgnoreReason::Repeated));
+}
+
+#[test]
+fn fuller_update_at_held_revision_fills_in() {
+    let abbreviated = update(PortalStatus::InProgress, 4);
+    let mut full = abbreviated.clone();
+    full.assessment = Some(json!({"values": {"q1": {"value": 1}}}));
+    let d = decide_update(
+        LocalStatus::AwaitingCompletion,
+        Some(&state(&abbreviated)),
+        &full,
+    );
+    assert_eq!(
+        d,
+        UpdateDecision::Advance {
+            status: LocalStatus::AwaitingCompletion,
+            portal: state(&full)
+        }
+    );
+}
+
+#[test]
+fn without_revisions_a_dropped_assessment_is_stale() {
+    let mut held = update(PortalStatus::InProgress, 0);
+    held.assessment = Some(json!({"values": {"q1": {"value": 1}}}));
+    let mut abbreviated = held.clone();
+    abbreviated.assessment = None;
+    let d = decide_update(
+        LocalStatus::AwaitingCompletion,
+        Some(&state(&held)),
+        &abbreviated,
+    );
+    assert_eq!(ignored(&d), Some(IgnoreReason::Stale));
+}
