@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use apalis_core::backend::codec::Codec;
 use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::future::BoxSyncFuture;
 use apalis_core::backend::{Backend, BackendConfig, WireFormatBackend};
 use apalis_core::error::{AbortError, BoxDynError, RetryAfterError};
 use apalis_core::task::Task;
@@ -66,7 +67,7 @@ pub struct RedisBackend<Args> {
     queue: JobQueue,
     runtime: Arc<Runtime>,
     sink_buffer: Vec<(Vec<u8>, PushOptions)>,
-    sink_future: Option<BoxFuture<'static, Result<(), QueueError>>>,
+    sink_future: Option<BoxSyncFuture<Result<(), QueueError>>>,
     close_future: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     _args: PhantomData<fn() -> Args>,
 }
@@ -330,8 +331,9 @@ where
             }
             let jobs = std::mem::take(&mut this.sink_buffer);
             let queue = this.queue.clone();
-            this.sink_future =
-                Some(async move { queue.push_encoded(jobs).await.map(|_| ()) }.boxed());
+            this.sink_future = Some(BoxSyncFuture::new(
+                async move { queue.push_encoded(jobs).await.map(|_| ()) }.boxed(),
+            ));
         }
         let Some(fut) = this.sink_future.as_mut() else {
             return Poll::Ready(Ok(()));
