@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use apalis_core::task::Task;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use job_queue::{JobError, Lease, RetryPolicy};
+use job_queue::{JobError, Lease, RetryDecision, RetryPolicy};
 use portal_api::PortalError;
 use task_model::store::TaskStore;
 use task_model::{JobKind, SyncJob};
@@ -170,7 +170,8 @@ impl Service<Task<SyncJob>> for JobService {
             .task_id()
             .map(|id| id.to_string())
             .unwrap_or_default();
-        let attempt = lease.map_or(1, |l| l.attempt.max(1));
+        let attempt = lease.as_ref().map_or(1, |l| l.attempt.max(1));
+        let max_attempts = lease.as_ref().map_or(1, |l| l.max_attempts);
         let job = task.args;
         Box::pin(async move {
             let kind = job.kind.as_str();
@@ -189,7 +190,7 @@ impl Service<Task<SyncJob>> for JobService {
                 run_job(ctx.clone(), gate, limits, shutdown, job.clone(), attempt)
                     .instrument(span.clone()),
             ));
-            match (&mut run.0).await {
+            let result = match (&mut run.0).await {
                 Ok(result) => result,
                 Err(join) => {
                     let what = if join.is_panic() {
@@ -203,10 +204,22 @@ impl Service<Task<SyncJob>> for JobService {
                     ctx.metrics
                         .job_finished(kind, JobOutcome::Panicked, start.elapsed());
                     let message = format!("{kind} job handler panicked: {what}");
-                    record_on_tasks(&ctx, &job, &message).instrument(span).await;
+                    record_on_tasks(&ctx, &job, &message)
+                        .instrument(span.clone())
+                        .await;
                     Err(JobError::no_retry(message))
                 }
+            };
+            let last = match &result {
+                Ok(_) => true,
+                Err(e) => e.decision() == RetryDecision::Never || attempt >= max_attempts,
+            };
+            if last {
+                release_task_leases(&ctx, &job, &job_id)
+                    .instrument(span)
+                    .await;
             }
+            result
         })
     }
 }
@@ -308,6 +321,19 @@ async fn handle(ctx: &JobContext, job: &SyncJob, attempt: u32) -> Result<JobRepo
             // The payload's shape is checked when it is decoded.
             None => Ok(JobReport::default()),
         },
+    }
+}
+
+/// The enqueue run leased the job's tasks in the store under the job's id,
+/// so that no other run queues them meanwhile. Once the job is finished for
+/// good (done, or dead) they are released; a job that will be retried keeps
+/// them. A lease left behind by a crash lapses on its own.
+async fn release_task_leases(ctx: &JobContext, job: &SyncJob, job_id: &str) {
+    if job.task_ids.is_empty() || job_id.is_empty() {
+        return;
+    }
+    if let Err(e) = ctx.store.release(&job.task_ids, job_id).await {
+        tracing::warn!(error = %e, "could not release the job's task leases; they lapse on their own");
     }
 }
 

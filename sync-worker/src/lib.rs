@@ -27,9 +27,10 @@ pub mod logging;
 pub mod metrics;
 pub mod portal;
 pub mod rate_limit;
+pub mod settings;
 pub mod signals;
 pub mod worker;
 
 pub use handlers::{JobContext, JobReport, pull_updates, refresh_tasks, submit_package};
 pub use identity::WorkerIdentity;
-pub use worker::{RunSummary, Worker, WorkerError, WorkerOptions};
+pub use worker::{Overrides, RunSummary, Worker, WorkerError, WorkerOptions};

@@ -22,7 +22,7 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use futures::future::BoxFuture;
 use job_queue::JobQueue;
-use task_model::SyncJob;
+use task_model::{Settings, SyncJob};
 use task_model::store::{AnyStore, TaskStore};
 use tokio_util::sync::CancellationToken;
 
@@ -131,7 +131,54 @@ impl Probes for WorkerProbes {
     }
 }
 
+/// What the command line may change over the settings file.
+#[derive(Clone, Debug)]
+pub struct Overrides {
+    /// Jobs at once (`worker.concurrency` otherwise).
+    pub concurrency: Option<usize>,
+    /// The queue to work (`sync-jobs` otherwise).
+    pub queue: Option<String>,
+    /// HTTP listener (`worker.http_bind` otherwise).
+    pub http_bind: Option<SocketAddr>,
+    /// How often to ask the portal whether it accepts our key again.
+    pub auth_probe_every: Duration,
+    pub identity: WorkerIdentity,
+}
+
 impl Worker {
+    /// Connects everything the settings name: the store, the queue, the
+    /// portal client; binds the HTTP server.
+    pub async fn connect(settings: &Settings, overrides: Overrides) -> Result<Worker, WorkerError> {
+        let concurrency = overrides
+            .concurrency
+            .unwrap_or(settings.worker.concurrency)
+            .max(1);
+        let queue_name = overrides.queue.as_deref().unwrap_or(task_model::QUEUE_NAME);
+        let store = task_model::store::open_store(settings.store.url.expose()).await?;
+        let queue =
+            JobQueue::connect(crate::settings::queue_config(settings, queue_name, concurrency)?)
+                .await?;
+        let client =
+            portal_api::Client::new(crate::settings::portal_client_config(&settings.portal_client))?;
+        let rate_limit = settings
+            .worker
+            .rate_limit_per_second
+            .filter(|r| *r > 0.0)
+            .map(|r| {
+                // A burst of one second's worth, at least one request.
+                let burst = u32::try_from(r.ceil() as u64).unwrap_or(u32::MAX).max(1);
+                Arc::new(crate::rate_limit::RateLimiter::new(r, burst))
+            });
+        let options = WorkerOptions {
+            identity: overrides.identity,
+            http_bind: Some(overrides.http_bind.unwrap_or(settings.worker.http_bind)),
+            shutdown_grace: settings.worker.shutdown_grace,
+            limits: crate::settings::job_limits(settings, overrides.auth_probe_every),
+            auth_probe_every: overrides.auth_probe_every,
+        };
+        Worker::new(queue, store, client, rate_limit, options).await
+    }
+
     /// Builds a worker from its parts and binds its HTTP server (if any).
     /// The queue's `concurrency` is the number of jobs run at once.
     pub async fn new(
