@@ -743,3 +743,32 @@ fn env_url_password_is_masked_in_errors() {
     let (_p, msg) = one_problem(MINIMAL, &env, "store.url");
     assert!(!msg.contains("topsecret"), "{msg}");
 }
+
+#[test]
+fn client_certificate_list_must_have_one_or_two_paths() {
+    for yaml in [
+        "  client_certificate: [a.crt, a.key, extra.pem]\n",
+        "  client_certificate: []\n",
+        "  client_certificate: 5\n",
+        "  client_certificate: [a.crt, 7]\n",
+    ] {
+        let (p, msg) = one_problem(
+            &with_portal(yaml),
+            &Env::empty(),
+            "portal_client.client_certificate",
+        );
+        assert!(matches!(p.kind, ProblemKind::Invalid { .. }), "{msg}");
+        assert!(msg.contains("[certificate path, key path]"), "{msg}");
+    }
+}
+
+#[test]
+fn process_environment_is_read_for_the_prefix_only() {
+    // Reads the real environment without changing it: whatever is there,
+    // only settings variables are taken.
+    assert!(std::env::var_os("PATH").is_some(), "test needs PATH set");
+    let env = Env::from_process();
+    assert_eq!(env.get("PATH"), None);
+    let shown = format!("{env:?}");
+    assert!(!shown.contains("\"PATH\""), "{shown}");
+}
