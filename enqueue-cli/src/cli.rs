@@ -41,7 +41,6 @@ overridden by an environment variable (see the settings documentation).
 #[command(
     name = "portal-sync",
     version,
-    args_conflicts_with_subcommands = true,
     after_long_help = format!("{ROOT_AFTER_HELP}\n{EXIT_CODES_HELP}"),
     after_help = EXIT_CODES_HELP,
 )]
@@ -58,10 +57,23 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The subcommand to run: `enqueue` when none was named.
-    pub fn into_command(self) -> (GlobalArgs, Command) {
-        let command = self.command.unwrap_or(Command::Enqueue(self.enqueue));
-        (self.global, command)
+    /// The subcommand to run: `enqueue` when none was named. Enqueue flags
+    /// given before a subcommand name are a usage error (they would be
+    /// silently ignored otherwise).
+    pub fn into_command(self) -> Result<(GlobalArgs, Command), clap::Error> {
+        match self.command {
+            None => Ok((self.global, Command::Enqueue(self.enqueue))),
+            Some(command) => {
+                if self.enqueue.names_work() {
+                    use clap::CommandFactory;
+                    return Err(Cli::command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "enqueue flags (--complete, --task, --dry-run, --max-pending, --json) go after the subcommand name, e.g. `portal-sync enqueue --json`",
+                    ));
+                }
+                Ok((self.global, command))
+            }
+        }
     }
 }
 
@@ -198,6 +210,18 @@ pub struct EnqueueArgs {
     pub lease_secs: u64,
 }
 
+impl EnqueueArgs {
+    /// Whether any flag that shapes a run was given (`--lease-secs` aside,
+    /// which may come from the environment).
+    fn names_work(&self) -> bool {
+        self.complete
+            || !self.tasks.is_empty()
+            || self.dry_run
+            || self.max_pending.is_some()
+            || self.json
+    }
+}
+
 /// Default of `enqueue --lease-secs`: 30 minutes.
 pub const DEFAULT_LEASE_SECS: u64 = 1800;
 
@@ -317,13 +341,22 @@ mod tests {
     #[test]
     fn no_subcommand_means_enqueue_with_its_flags() {
         let cli = Cli::try_parse_from(["portal-sync", "--dry-run", "--task", "a"]).expect("parses");
-        match cli.into_command().1 {
+        match cli.into_command().expect("no conflict").1 {
             Command::Enqueue(args) => {
                 assert!(args.dry_run);
                 assert_eq!(args.tasks, vec!["a".to_string()]);
             }
             other => panic!("expected enqueue, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn enqueue_flags_before_another_subcommand_are_refused() {
+        let cli = Cli::try_parse_from(["portal-sync", "--json", "status"]).expect("parses");
+        assert!(cli.into_command().is_err());
+        let cli = Cli::try_parse_from(["portal-sync", "--config", "x.yaml", "status", "--json"])
+            .expect("parses");
+        assert!(cli.into_command().is_ok());
     }
 
     #[test]

@@ -23,7 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(enqueue_cli::exit::ExitStatus::Unreachable);
         }
     };
-    let (global, command) = cli.into_command();
+    let (global, command) = match cli.into_command() {
+        Ok(parts) => parts,
+        Err(e) => e.exit(),
+    };
     match runtime.block_on(enqueue_cli::run(global, command, output)) {
         Ok(status) => status.into(),
         Err(error) => {

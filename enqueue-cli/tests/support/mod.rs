@@ -122,7 +122,11 @@ impl Harness {
             .import(std::io::Cursor::new(ndjson.into_bytes()))
             .await
             .expect("import");
-        assert!(report.errors.is_empty(), "import errors: {:?}", report.errors);
+        assert!(
+            report.errors.is_empty(),
+            "import errors: {:?}",
+            report.errors
+        );
     }
 
     /// The number of pending jobs on the queue, by kind, and all task ids in
