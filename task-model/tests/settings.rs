@@ -772,3 +772,13 @@ fn process_environment_is_read_for_the_prefix_only() {
     let shown = format!("{env:?}");
     assert!(!shown.contains("\"PATH\""), "{shown}");
 }
+
+#[test]
+fn non_utf8_file_is_rejected() {
+    let dir = Dir::new();
+    let path = dir.path("settings.yaml");
+    std::fs::write(&path, b"portal_client:\n  url: \xff\xfe\n").expect("write");
+    let err = Settings::load(&path, &Env::empty()).expect_err("not UTF-8");
+    assert!(matches!(err, SettingsError::Syntax { .. }), "{err}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+}

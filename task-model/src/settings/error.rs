@@ -16,7 +16,8 @@ pub enum SettingsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("settings file {}: YAML syntax error at line {line}, column {column}: {message}", path.display())]
+    /// Not YAML (or not UTF-8). `line` and `column` are 1-based, 0 when unknown.
+    #[error("settings file {}: {}", path.display(), show_syntax(*line, *column, message))]
     Syntax {
         path: PathBuf,
         line: u64,
@@ -35,6 +36,14 @@ impl SettingsError {
             SettingsError::Invalid { problems } => problems,
             _ => &[],
         }
+    }
+}
+
+fn show_syntax(line: u64, column: u64, message: &str) -> String {
+    if line == 0 {
+        message.to_owned()
+    } else {
+        format!("YAML syntax error at line {line}, column {column}: {message}")
     }
 }
 
