@@ -264,8 +264,12 @@ pub fn duplicate_task_id(message: &str, submitted: &[&str]) -> Option<TaskId> {
     for id in submitted.iter().copied().filter(|id| !id.is_empty()) {
         let found = message.match_indices(id).any(|(at, _)| {
             let before = message[..at].chars().next_back();
-            let after = message[at + id.len()..].chars().next();
-            !before.is_some_and(is_id_char) && !after.is_some_and(is_id_char)
+            let rest = &message[at + id.len()..];
+            // A '.' ends a sentence unless more of an id follows it.
+            let rest = rest.strip_prefix('.').unwrap_or(rest);
+            let after = rest.chars().next();
+            let continues = after.is_some_and(is_id_char);
+            !before.is_some_and(is_id_char) && !continues
         });
         if found && best.is_none_or(|b| b.len() < id.len()) {
             best = Some(id);

@@ -91,7 +91,6 @@ impl FaultKind {
 
 /// One rule: a kind, where it applies, how often, how many times.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FaultRule {
     /// One of [`ENDPOINTS`]; `None` for every endpoint.
     #[serde(default)]
