@@ -408,3 +408,81 @@ fn document_validator_seam_adds_its_findings() {
         Some(&Problem::Rios("an instrument needs a record".into()))
     );
 }
+
+// ---- real documents ----------------------------------------------------------
+
+/// The RIOS conformance corpus beside the project (`../shared/rios-corpus`),
+/// or where `RIOS_CORPUS` points.
+fn rios_corpus() -> std::path::PathBuf {
+    let dir = std::env::var_os("RIOS_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rios-corpus")
+        });
+    assert!(
+        dir.join("instruments/good").is_dir(),
+        "RIOS corpus not found at {}; set RIOS_CORPUS to its directory",
+        dir.display()
+    );
+    dir
+}
+
+fn read_json(path: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn good_documents(dir: &std::path::Path) -> Vec<(String, Value)> {
+    let mut docs: Vec<(String, Value)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            (path.extension()? == "json").then(|| (path.display().to_string(), read_json(&path)))
+        })
+        .collect();
+    docs.sort_by(|a, b| a.0.cmp(&b.0));
+    docs
+}
+
+#[test]
+fn rios_corpus_pairs_pass_the_structural_checks() {
+    let corpus = rios_corpus();
+    let instruments = good_documents(&corpus.join("instruments/good"));
+    let forms = good_documents(&corpus.join("forms/good"));
+    let assessments = good_documents(&corpus.join("assessments/good"));
+    let find = |docs: &[(String, Value)], id: &Value| {
+        docs.iter()
+            .find(|(_, d)| d["instrument"]["id"] == *id)
+            .map(|(_, d)| d.clone())
+    };
+    let mut paired = 0;
+    for (name, instrument) in &instruments {
+        let Some(form) = find(&forms, &instrument["id"]) else {
+            continue;
+        };
+        let mut t = good_task();
+        t.instrument = instrument.clone();
+        t.form = form;
+        t.assessment = find(&assessments, &instrument["id"]);
+        assert_eq!(validate_task(&t), Ok(()), "{name}");
+        paired += 1;
+
+        // The same documents with another instrument's form do not pass.
+        let other = forms
+            .iter()
+            .find(|(_, f)| f["instrument"]["id"] != instrument["id"])
+            .map(|(_, f)| f.clone())
+            .expect("another form");
+        t.form = other;
+        let err = validate_task(&t).expect_err("mismatched form");
+        assert!(
+            matches!(err.at("form.instrument.id"), Some(Problem::Mismatch { .. })),
+            "{name}: {err}"
+        );
+    }
+    assert!(
+        paired >= 2,
+        "expected all_types and matrix pairs, got {paired}"
+    );
+}
