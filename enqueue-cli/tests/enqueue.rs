@@ -105,3 +105,165 @@ async fn invalid_tasks_are_recorded_and_skipped_sqlite() {
 async fn invalid_tasks_are_recorded_and_skipped_postgres() {
     invalid_tasks_are_recorded_and_skipped(StoreKind::Postgres).await;
 }
+
+#[tokio::test]
+async fn dry_run_counts_and_changes_nothing() {
+    let h = Harness::new(StoreKind::Sqlite).await;
+    h.import(&tasks(45)).await;
+    h.import(&[invalid_task("z-bad")]).await;
+
+    let (code, summary) = h.run_json(&["enqueue", "--dry-run", "--json"]);
+    assert_eq!(code, 1, "the invalid task is reported: {summary}");
+    assert_eq!(summary["dry_run"], true);
+    assert_eq!(summary["kinds"]["submit"]["jobs"], 3);
+    assert_eq!(summary["kinds"]["submit"]["tasks"], 45);
+    let first: Vec<&str> = summary["kinds"]["submit"]["first_ids"]
+        .as_array()
+        .expect("first ids")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(first.len(), 10);
+    assert_eq!(first[0], "t-000000");
+    assert_eq!(summary["skipped"]["invalid"], 1);
+
+    assert_eq!(h.queued().await.pending, 0, "nothing pushed");
+    assert_eq!(h.leased().await, 0, "nothing leased");
+    let loaded = h.store.load(&["z-bad".to_string()]).await.expect("load");
+    assert!(
+        loaded[0].as_ref().expect("z-bad").error.is_none(),
+        "a dry run records no error"
+    );
+    // The human form names the counts too.
+    let run = h.run(&["enqueue", "--dry-run"]);
+    assert!(run.stdout.contains("would queue 3 job(s)"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn max_pending_holds_back_and_says_partial() {
+    let h = Harness::new(StoreKind::Sqlite).await;
+    h.import(&tasks(200)).await; // 10 packages of 20
+
+    let (code, summary) = h.run_json(&["enqueue", "--max-pending", "4", "--json"]);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["outcome"], "partial");
+    assert_eq!(summary["kinds"]["submit"]["jobs"], 4);
+    assert_eq!(summary["backpressure"]["max_pending"], 4);
+    assert_eq!(summary["backpressure"]["pending_before"], 0);
+    assert_eq!(summary["backpressure"]["held_back"], true);
+    assert_eq!(h.queued().await.pending, 4);
+    assert_eq!(h.leased().await, 80, "held-back tasks are not leased");
+
+    // The queue is full: a second run queues nothing.
+    let (code, summary) = h.run_json(&["enqueue", "--max-pending", "4", "--json"]);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["kinds"]["submit"]["jobs"], 0);
+    assert_eq!(h.queued().await.pending, 4);
+
+    // A higher limit takes the rest, up to the limit in total.
+    let (code, summary) = h.run_json(&["enqueue", "--max-pending", "100", "--json"]);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["kinds"]["submit"]["jobs"], 6);
+    assert_eq!(h.queued().await.task_ids.len(), 200);
+}
+
+#[tokio::test]
+async fn task_flag_queues_only_those_whatever_their_lease() {
+    let h = Harness::new(StoreKind::Sqlite).await;
+    h.import(&tasks(30)).await;
+    h.mark_submitted(&["t-000029"]).await;
+
+    // Lease everything through a normal run first.
+    let (code, _) = h.run_json(&["enqueue", "--json"]);
+    assert_eq!(code, 0);
+    let before = h.queued().await.pending;
+
+    let (code, summary) = h.run_json(&[
+        "enqueue", "--task", "t-000003", "--task", "t-000029", "--task", "nope", "--json",
+    ]);
+    assert_eq!(code, 1, "an unknown id makes the run partial: {summary}");
+    assert_eq!(summary["skipped"]["unknown"], 1);
+    assert_eq!(summary["skipped"]["examples"]["unknown"][0]["id"], "nope");
+    assert_eq!(summary["kinds"]["submit"]["tasks"], 1);
+    assert_eq!(summary["kinds"]["submit"]["first_ids"][0], "t-000003");
+    assert_eq!(summary["kinds"]["refresh"]["tasks"], 1, "awaiting completion → refresh");
+    assert_eq!(summary["kinds"]["refresh"]["first_ids"][0], "t-000029");
+    assert_eq!(summary["kinds"]["pull"]["jobs"], 0, "--task queues no pull");
+    let queued = h.queued().await;
+    assert_eq!(queued.pending, before + 2);
+    assert_eq!(queued.refresh_jobs, 1);
+}
+
+#[tokio::test]
+async fn awaiting_completion_gets_one_pull_and_complete_refreshes_them_all() {
+    let h = Harness::new(StoreKind::Sqlite).await;
+    h.import(&tasks(50)).await;
+    let submitted: Vec<String> = (0..45).map(|i| format!("t-{i:06}")).collect();
+    let refs: Vec<&str> = submitted.iter().map(String::as_str).collect();
+    h.mark_submitted(&refs).await;
+
+    let (code, summary) = h.run_json(&["enqueue", "--json"]);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["kinds"]["pull"]["jobs"], 1);
+    assert_eq!(summary["kinds"]["submit"]["tasks"], 5);
+    assert_eq!(summary["kinds"]["refresh"]["jobs"], 0, "no sweep without --complete");
+
+    // The pull job is single while queued.
+    let (_, again) = h.run_json(&["enqueue", "--json"]);
+    assert_eq!(again["kinds"]["pull"]["jobs"], 0);
+    assert_eq!(again["kinds"]["pull"]["already_queued"], 1);
+
+    let (code, sweep) = h.run_json(&["enqueue", "--complete", "--json"]);
+    assert_eq!(code, 0, "{sweep}");
+    assert_eq!(sweep["kinds"]["refresh"]["tasks"], 45);
+    assert_eq!(sweep["kinds"]["refresh"]["jobs"], 3);
+    let queued = h.queued().await;
+    assert_eq!((queued.pull_jobs, queued.refresh_jobs, queued.submit_jobs), (1, 3, 1));
+    assert_eq!(queued.task_ids.len(), 50);
+}
+
+#[tokio::test]
+async fn bad_settings_exit_2_naming_the_key() {
+    let h = Harness::new(StoreKind::Sqlite).await;
+    std::fs::write(
+        &h.config,
+        "portal_client:\n  url: ftp://x\n  api_key: k\n  task_package_size: many\n",
+    )
+    .expect("write");
+    let run = h.run(&["enqueue"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("portal_client.task_package_size"), "{}", run.stderr);
+    assert!(run.stderr.contains("portal_client.url"), "{}", run.stderr);
+    assert!(
+        run.stderr.lines().all(|l| l.starts_with("portal-sync: ")),
+        "one problem per line: {}",
+        run.stderr
+    );
+
+    let missing = std::process::Command::new(support::BIN)
+        .args(["--config", "/nonexistent/ps.yaml", "enqueue"])
+        .output();
+    let missing = support::Run::from(missing.expect("run"));
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("/nonexistent/ps.yaml"), "{}", missing.stderr);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_exits_3_and_leases_nothing() {
+    let mut h = Harness::new(StoreKind::Sqlite).await;
+    h.import(&tasks(40)).await;
+    h.redis.stop().expect("stop redis");
+
+    let started = std::time::Instant::now();
+    let (code, summary) = h.run_json(&["enqueue", "--json"]);
+    assert_eq!(code, 3, "{summary}");
+    assert_eq!(summary["outcome"], "failed");
+    assert!(summary["error"].as_str().is_some_and(|e| e.contains("redis")), "{summary}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "fails fast");
+    assert_eq!(h.leased().await, 0);
+
+    h.redis.start_again().expect("start redis again");
+    let (code, summary) = h.run_json(&["enqueue", "--json"]);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(h.queued().await.task_ids.len(), 40, "the next run does the work");
+}

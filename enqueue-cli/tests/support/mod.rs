@@ -235,3 +235,40 @@ pub fn invalid_task(id: &str) -> Value {
 pub fn tasks(n: usize) -> Vec<Value> {
     (0..n).map(|i| task(&format!("t-{i:06}"))).collect()
 }
+
+impl Harness {
+    /// Writes back a portal answer for `ids` so they await completion.
+    pub async fn mark_submitted(&self, ids: &[&str]) {
+        let updates: Vec<task_model::PortalTask> = ids
+            .iter()
+            .map(|id| task_model::PortalTask {
+                code: format!("P-{id}"),
+                host_system_id: id.to_string(),
+                subject_code: format!("S-{id}"),
+                status: task_model::PortalStatus::Waiting,
+                date_created: None,
+                date_started: None,
+                date_completed: None,
+                assessment: None,
+                revision: 1,
+                acknowledged: false,
+            })
+            .collect();
+        let report = self.store.write_back(&updates).await.expect("write back");
+        assert_eq!(report.applied, ids.len() as u64, "{report:?}");
+    }
+
+    /// Tasks under a live lease.
+    pub async fn leased(&self) -> u64 {
+        self.store
+            .counts(chrono::Utc::now())
+            .await
+            .expect("counts")
+            .leased
+    }
+
+    /// Settings loaded the way the binary loads them (no env overrides).
+    pub fn settings(&self) -> task_model::Settings {
+        task_model::Settings::load(&self.config, &task_model::Env::empty()).expect("settings")
+    }
+}
