@@ -157,15 +157,14 @@ impl RedisServer {
             Duration::from_secs(10),
             || ping(port),
         );
-        if waited.is_err() {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(io::Error::other(format!(
-                        "redis-server on port {port} exited: {status}; log in {}",
-                        self.dir.path().display()
-                    )));
-                }
-            }
+        if waited.is_err()
+            && let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return Err(io::Error::other(format!(
+                "redis-server on port {port} exited: {status}; log in {}",
+                self.dir.path().display()
+            )));
         }
         waited
     }

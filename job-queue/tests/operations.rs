@@ -25,7 +25,7 @@ async fn finished_jobs_expire_and_memory_returns_to_baseline() {
         .expect("config");
     let queue = JobQueue::connect(config).await.expect("connect");
     let worker = InProcessWorker::start(&queue, "retention", |job, _| async move {
-        if job.n % 100 == 0 {
+        if job.n.is_multiple_of(100) {
             Err(JobError::no_retry("refused"))
         } else {
             Ok(())
@@ -59,7 +59,7 @@ async fn finished_jobs_expire_and_memory_returns_to_baseline() {
     let mut polls = 0u32;
     eventually("expired", Duration::from_secs(10), || {
         polls += 1;
-        let trickle = polls % 50 == 0;
+        let trickle = polls.is_multiple_of(50);
         let queue = queue.clone();
         async move {
             if trickle {
