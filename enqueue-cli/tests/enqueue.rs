@@ -136,7 +136,11 @@ async fn dry_run_counts_and_changes_nothing() {
     );
     // The human form names the counts too.
     let run = h.run(&["enqueue", "--dry-run"]);
-    assert!(run.stdout.contains("would queue 3 job(s)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("would queue 3 job(s)"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[tokio::test]
@@ -186,7 +190,10 @@ async fn task_flag_queues_only_those_whatever_their_lease() {
     assert_eq!(summary["skipped"]["examples"]["unknown"][0]["id"], "nope");
     assert_eq!(summary["kinds"]["submit"]["tasks"], 1);
     assert_eq!(summary["kinds"]["submit"]["first_ids"][0], "t-000003");
-    assert_eq!(summary["kinds"]["refresh"]["tasks"], 1, "awaiting completion → refresh");
+    assert_eq!(
+        summary["kinds"]["refresh"]["tasks"], 1,
+        "awaiting completion → refresh"
+    );
     assert_eq!(summary["kinds"]["refresh"]["first_ids"][0], "t-000029");
     assert_eq!(summary["kinds"]["pull"]["jobs"], 0, "--task queues no pull");
     let queued = h.queued().await;
@@ -206,7 +213,10 @@ async fn awaiting_completion_gets_one_pull_and_complete_refreshes_them_all() {
     assert_eq!(code, 0, "{summary}");
     assert_eq!(summary["kinds"]["pull"]["jobs"], 1);
     assert_eq!(summary["kinds"]["submit"]["tasks"], 5);
-    assert_eq!(summary["kinds"]["refresh"]["jobs"], 0, "no sweep without --complete");
+    assert_eq!(
+        summary["kinds"]["refresh"]["jobs"], 0,
+        "no sweep without --complete"
+    );
 
     // The pull job is single while queued.
     let (_, again) = h.run_json(&["enqueue", "--json"]);
@@ -218,7 +228,10 @@ async fn awaiting_completion_gets_one_pull_and_complete_refreshes_them_all() {
     assert_eq!(sweep["kinds"]["refresh"]["tasks"], 45);
     assert_eq!(sweep["kinds"]["refresh"]["jobs"], 3);
     let queued = h.queued().await;
-    assert_eq!((queued.pull_jobs, queued.refresh_jobs, queued.submit_jobs), (1, 3, 1));
+    assert_eq!(
+        (queued.pull_jobs, queued.refresh_jobs, queued.submit_jobs),
+        (1, 3, 1)
+    );
     assert_eq!(queued.task_ids.len(), 50);
 }
 
@@ -232,7 +245,11 @@ async fn bad_settings_exit_2_naming_the_key() {
     .expect("write");
     let run = h.run(&["enqueue"]);
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("portal_client.task_package_size"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("portal_client.task_package_size"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("portal_client.url"), "{}", run.stderr);
     assert!(
         run.stderr.lines().all(|l| l.starts_with("portal-sync: ")),
@@ -245,7 +262,11 @@ async fn bad_settings_exit_2_naming_the_key() {
         .output();
     let missing = support::Run::from(missing.expect("run"));
     assert_eq!(missing.code, 2);
-    assert!(missing.stderr.contains("/nonexistent/ps.yaml"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/nonexistent/ps.yaml"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[tokio::test]
@@ -258,12 +279,24 @@ async fn redis_down_at_start_exits_3_and_leases_nothing() {
     let (code, summary) = h.run_json(&["enqueue", "--json"]);
     assert_eq!(code, 3, "{summary}");
     assert_eq!(summary["outcome"], "failed");
-    assert!(summary["error"].as_str().is_some_and(|e| e.contains("redis")), "{summary}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "fails fast");
+    assert!(
+        summary["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redis")),
+        "{summary}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "fails fast"
+    );
     assert_eq!(h.leased().await, 0);
 
     h.redis.start_again().expect("start redis again");
     let (code, summary) = h.run_json(&["enqueue", "--json"]);
     assert_eq!(code, 0, "{summary}");
-    assert_eq!(h.queued().await.task_ids.len(), 40, "the next run does the work");
+    assert_eq!(
+        h.queued().await.task_ids.len(),
+        40,
+        "the next run does the work"
+    );
 }

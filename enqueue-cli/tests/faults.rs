@@ -46,9 +46,10 @@ async fn a_second_run_while_one_holds_the_lock_exits_4_at_once() {
         reached: Mutex::new(Some(reached_tx)),
         go_on: Mutex::new(go_rx),
     };
-    let first = tokio::spawn(async move {
-        enqueue_once(&settings, &EnqueueArgs::default(), &observer).await
-    });
+    let first =
+        tokio::spawn(
+            async move { enqueue_once(&settings, &EnqueueArgs::default(), &observer).await },
+        );
     reached_rx.await.expect("first run reaches its first batch");
 
     let started = std::time::Instant::now();
@@ -64,8 +65,17 @@ async fn a_second_run_while_one_holds_the_lock_exits_4_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5), "exits at once");
     let plain = h.run(&["enqueue"]);
     assert_eq!(plain.code, 4);
-    assert_eq!(plain.stderr.lines().count(), 1, "one line: {}", plain.stderr);
-    assert!(plain.stderr.contains("safe to let cron try again"), "{}", plain.stderr);
+    assert_eq!(
+        plain.stderr.lines().count(),
+        1,
+        "one line: {}",
+        plain.stderr
+    );
+    assert!(
+        plain.stderr.contains("safe to let cron try again"),
+        "{}",
+        plain.stderr
+    );
 
     go_tx.send(()).expect("let the first run go on");
     let summary = first.await.expect("join").expect("first run succeeds");
@@ -136,7 +146,10 @@ async fn redis_lost_mid_run_loses_nothing_and_the_next_run_finishes() {
     drop(observer);
     let error = result.expect_err("the run fails once Redis is gone");
     assert_eq!(error.exit_status(), ExitStatus::Unreachable, "{error}");
-    assert!(pushed > 0 && pushed < 1500, "Redis stopped mid-run ({pushed} pushed)");
+    assert!(
+        pushed > 0 && pushed < 1500,
+        "Redis stopped mid-run ({pushed} pushed)"
+    );
     assert_eq!(
         h.leased().await,
         pushed,
@@ -152,16 +165,33 @@ async fn redis_lost_mid_run_loses_nothing_and_the_next_run_finishes() {
         .await
         .expect("connect");
     let key = enqueue_cli::run_lock::lock_key(&namespace);
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("pttl");
-    assert!(ttl > 0 && ttl <= 30_000, "the dead run's lock lapses on its own (pttl {ttl})");
-    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.expect("del");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        ttl > 0 && ttl <= 30_000,
+        "the dead run's lock lapses on its own (pttl {ttl})"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
 
     let (code, summary) = h.run_json(&["enqueue", "--json"]);
     assert_eq!(code, 0, "{summary}");
-    assert_eq!(summary["kinds"]["submit"]["tasks"].as_u64(), Some(1500 - pushed));
+    assert_eq!(
+        summary["kinds"]["submit"]["tasks"].as_u64(),
+        Some(1500 - pushed)
+    );
     let queued = h.queued().await;
     let expected: Vec<String> = (0..1500).map(|i| format!("t-{i:06}")).collect();
-    assert_eq!(queued.task_ids, expected, "every task queued exactly once across both runs");
+    assert_eq!(
+        queued.task_ids, expected,
+        "every task queued exactly once across both runs"
+    );
 }
 
 #[tokio::test]
@@ -190,11 +220,17 @@ async fn a_lost_job_is_queued_again_after_its_lease_but_a_queued_one_never_twice
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
     assert_eq!(queue.counts().await.expect("counts").pending, 0);
     let (code, summary) = h.run_json(&["enqueue", "--json"]);
     assert_eq!(code, 0);
-    assert_eq!(summary["kinds"]["submit"]["jobs"], 0, "still leased (5 s): nothing yet");
+    assert_eq!(
+        summary["kinds"]["submit"]["jobs"], 0,
+        "still leased (5 s): nothing yet"
+    );
     wait_for_leases_to_lapse(&h).await;
     let (code, summary) = h.run_json(&["enqueue", "--json"]);
     assert_eq!(code, 0, "{summary}");
