@@ -405,23 +405,37 @@ impl JobQueue {
         default_max: u32,
     ) -> Result<Vec<PushOutcome>, QueueError> {
         let keys = &self.inner.config.keys;
-        let mut invocation = self.inner.scripts.push.prepare_invoke();
-        invocation
-            .key(keys.pending())
-            .arg(keys.prefix())
-            .arg(chunk.len());
-        for (id, _, payload, opts) in chunk {
-            let delay = u64::try_from(opts.delay.as_millis()).unwrap_or(u64::MAX);
+        let build = |check_generated: bool| {
+            let mut invocation = self.inner.scripts.push.prepare_invoke();
             invocation
-                .arg(id)
-                .arg(opts.idempotency_key.as_deref().unwrap_or(""))
-                .arg(payload.as_slice())
-                .arg(opts.max_attempts.unwrap_or(default_max).max(1))
-                .arg(delay);
-        }
+                .key(keys.pending())
+                .arg(keys.prefix())
+                .arg(chunk.len())
+                .arg(if check_generated { "1" } else { "0" });
+            for (id, generated, payload, opts) in chunk {
+                let delay = u64::try_from(opts.delay.as_millis()).unwrap_or(u64::MAX);
+                invocation
+                    .arg(id)
+                    .arg(opts.idempotency_key.as_deref().unwrap_or(""))
+                    .arg(payload.as_slice())
+                    .arg(opts.max_attempts.unwrap_or(default_max).max(1))
+                    .arg(delay)
+                    .arg(if *generated { "1" } else { "0" });
+            }
+            invocation
+        };
+        let first = build(false);
+        let retry = build(true);
+        // The first try trusts generated ids to be new; a retry (the first
+        // answer may have been lost after the script ran) checks them.
+        let tries = std::sync::atomic::AtomicU32::new(0);
         let answer: Vec<Value> = self
             .call("pushing jobs", |mut conn| {
-                let invocation = &invocation;
+                let invocation = if tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    &first
+                } else {
+                    &retry
+                };
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;

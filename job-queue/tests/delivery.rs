@@ -171,7 +171,12 @@ async fn idle_worker_starts_a_new_job_within_50ms() {
         assert_eq!(got, n);
         latencies.push(started - pushed_at);
         // Idle again between pushes, sometimes longer than a poll would hide.
-        tokio::time::sleep(Duration::from_millis(if n.is_multiple_of(10) { 300 } else { 20 })).await;
+        tokio::time::sleep(Duration::from_millis(if n.is_multiple_of(10) {
+            300
+        } else {
+            20
+        }))
+        .await;
     }
     worker.stop().await;
     latencies.sort();

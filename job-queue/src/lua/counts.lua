@@ -12,8 +12,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local oldest = -1
 local head = redis.call('LINDEX', prefix .. ':pending', 0)
 if head then
-  local ready = redis.call('HGET', prefix .. ':job:' .. head, 'ready_at')
-  if ready then oldest = math.max(0, now - tonumber(ready)) end
+  local f = redis.call('HMGET', prefix .. ':job:' .. head, 'ready_at', 'created')
+  local ready = tonumber(f[1]) or tonumber(f[2])
+  if ready then oldest = math.max(0, now - ready) end
 end
 local st = redis.call('HMGET', prefix .. ':stats', 'stale_acks', 'lapsed')
 return {

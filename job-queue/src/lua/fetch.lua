@@ -38,7 +38,7 @@ for _, id in ipairs(lapsed) do
     redis.call('HINCRBY', jk, 'gen', 1)
     redis.call('HINCRBY', stats, 'lapsed', 1)
     local why = 'lease lapsed while held by worker ' .. tostring(f[5])
-    if tonumber(f[1]) >= tonumber(f[2]) then
+    if (tonumber(f[1]) or 0) >= (tonumber(f[2]) or 1) then
       redis.call('HSET', jk, 'state', 'dead', 'error', why, 'done_at', now)
       redis.call('ZADD', prefix .. ':dead', now, id)
       redis.call('PEXPIRE', jk, dead_ret)
@@ -54,17 +54,21 @@ for _, id in ipairs(lapsed) do
 end
 
 local jobs = {}
+local lease = {}
+if n > 1000 then n = 1000 end
 if n > 0 then
   local ids = redis.call('LPOP', pending, n)
   if ids then
+    local expiry = now + vt
     for _, id in ipairs(ids) do
       local jk = prefix .. ':job:' .. id
-      local f = redis.call('HMGET', jk, 'payload', 'attempts', 'max', 'created', 'state')
+      local f = redis.call('HMGET', jk, 'payload', 'attempts', 'max', 'created', 'state', 'gen')
       if f[1] and f[5] == 'pending' then
-        local attempts = tonumber(f[2]) + 1
-        local gen = redis.call('HINCRBY', jk, 'gen', 1)
-        redis.call('HSET', jk, 'state', 'running', 'attempts', attempts, 'worker', worker, 'lease_at', now)
-        redis.call('ZADD', leased, now + vt, id)
+        local attempts = (tonumber(f[2]) or 0) + 1
+        local gen = (tonumber(f[6]) or 0) + 1
+        redis.call('HSET', jk, 'state', 'running', 'attempts', attempts, 'gen', gen, 'worker', worker, 'lease_at', now)
+        lease[#lease + 1] = expiry
+        lease[#lease + 1] = id
         jobs[#jobs + 1] = id
         jobs[#jobs + 1] = gen
         jobs[#jobs + 1] = f[1]
@@ -75,6 +79,8 @@ if n > 0 then
     end
   end
 end
+-- at most 2000 values in one unpack (n is capped at 1000)
+if #lease > 0 then redis.call('ZADD', leased, unpack(lease)) end
 
 -- more work left: pass the wake-up on to the next idle worker
 if redis.call('LLEN', pending) > 0 and redis.call('LLEN', prefix .. ':wake') == 0 then

@@ -1,7 +1,9 @@
 -- Push jobs, each stored at most once while pending, scheduled or running.
 -- KEYS[1] = {q}:pending (routing only; every key shares its hash tag)
--- ARGV[1] = key prefix, ARGV[2] = job count n,
--- then per job: id, idempotency key ('' for none), payload, max attempts, delay ms.
+-- ARGV[1] = key prefix, ARGV[2] = job count n, ARGV[3] = '1' to check ids that
+-- the client generated (a retry after a lost answer), '0' to trust them fresh,
+-- then per job: id, idempotency key ('' for none), payload, max attempts, delay ms,
+-- '1' if the client generated the id.
 -- Returns, per job: 1 (stored) or 0 (duplicate), then the id holding the job.
 local prefix = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -11,11 +13,19 @@ local pending = prefix .. ':pending'
 local scheduled = prefix .. ':scheduled'
 local active = { pending = true, scheduled = true, running = true }
 local out = {}
-local ready, stored, dups = 0, 0, 0
+local ready_ids = {}
+local stored, dups, woken = 0, 0, false
+-- one RPUSH per slice of at most 1000 ids (never an unbounded unpack)
+local function rpush_all(key, ids)
+  for i = 1, #ids, 1000 do
+    redis.call('RPUSH', key, unpack(ids, i, math.min(i + 999, #ids)))
+  end
+end
+local check_generated = ARGV[3] == '1'
 for i = 0, n - 1 do
-  local b = 3 + i * 5
-  local id, idem, payload, max, delay =
-    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4])
+  local b = 4 + i * 6
+  local id, idem, payload, max, delay, generated =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4]), ARGV[b + 5] == '1'
   local dup = nil
   if idem ~= '' then
     local holder = redis.call('GET', prefix .. ':idem:' .. idem)
@@ -25,7 +35,8 @@ for i = 0, n - 1 do
     end
   end
   local jk = prefix .. ':job:' .. id
-  if not dup then
+  -- a fresh ULID cannot exist yet: skip the lookup unless this is a retry
+  if not dup and (check_generated or not generated) then
     local st = redis.call('HGET', jk, 'state')
     if st and active[st] then
       dup = id
@@ -44,22 +55,27 @@ for i = 0, n - 1 do
     stored = stored + 1
     local state = 'pending'
     if delay > 0 then state = 'scheduled' end
-    redis.call('HSET', jk, 'payload', payload, 'state', state, 'attempts', 0, 'max', max,
-      'created', now, 'ready_at', now + delay, 'gen', 0, 'idem', idem)
-    if idem ~= '' then redis.call('SET', prefix .. ':idem:' .. idem, id) end
-    if delay > 0 then
-      redis.call('ZADD', scheduled, now + delay, id)
-      -- wake an idle worker so it learns the new due time
-      ready = ready + 1
+    -- attempts and gen start absent (= 0); ready_at absent means `created`
+    if idem ~= '' then
+      redis.call('HSET', jk, 'payload', payload, 'state', state, 'max', max, 'created', now, 'idem', idem)
+      redis.call('SET', prefix .. ':idem:' .. idem, id)
     else
-      redis.call('RPUSH', pending, id)
-      ready = ready + 1
+      redis.call('HSET', jk, 'payload', payload, 'state', state, 'max', max, 'created', now)
     end
+    if delay > 0 then
+      redis.call('HSET', jk, 'ready_at', now + delay)
+      redis.call('ZADD', scheduled, now + delay, id)
+    else
+      ready_ids[#ready_ids + 1] = id
+    end
+    -- wake an idle worker: to run it, or to learn the new due time
+    woken = true
     out[#out + 1] = 1
     out[#out + 1] = id
   end
 end
-if ready > 0 and redis.call('LLEN', prefix .. ':wake') == 0 then
+rpush_all(pending, ready_ids)
+if woken and redis.call('LLEN', prefix .. ':wake') == 0 then
   redis.call('RPUSH', prefix .. ':wake', 1)
 end
 if stored > 0 then redis.call('HINCRBY', prefix .. ':stats', 'pushed', stored) end

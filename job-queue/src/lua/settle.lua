@@ -19,6 +19,13 @@ local stats = prefix .. ':stats'
 local day = 'day:' .. math.floor(now / 86400000)
 local out = {}
 local wake = false
+local unleased = {}
+local finished = {}
+local function bulk(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
 local done, retried, dead, stale = 0, 0, 0, 0
 
 local function release_idem(idem, id)
@@ -37,26 +44,28 @@ for i = 0, n - 1 do
     stale = stale + 1
     out[#out + 1] = 0
   else
-    redis.call('ZREM', leased, id)
-    redis.call('HINCRBY', jk, 'gen', 1)
+    unleased[#unleased + 1] = id
+    -- a new generation: any later outcome for this lease is stale
+    local next_gen = (tonumber(f[1]) or 0) + 1
     if kind == 'd' then
-      redis.call('HSET', jk, 'state', 'done', 'done_at', now)
-      redis.call('ZADD', prefix .. ':done', now, id)
+      redis.call('HSET', jk, 'state', 'done', 'done_at', now, 'gen', next_gen)
+      finished[#finished + 1] = now
+      finished[#finished + 1] = id
       redis.call('PEXPIRE', jk, done_ret)
       release_idem(f[3], id)
       done = done + 1
     elseif kind == 'r' then
       retried = retried + 1
       if delay > 0 then
-        redis.call('HSET', jk, 'state', 'scheduled', 'error', err, 'ready_at', now + delay)
+        redis.call('HSET', jk, 'state', 'scheduled', 'error', err, 'ready_at', now + delay, 'gen', next_gen)
         redis.call('ZADD', prefix .. ':scheduled', now + delay, id)
       else
-        redis.call('HSET', jk, 'state', 'pending', 'error', err, 'ready_at', now)
+        redis.call('HSET', jk, 'state', 'pending', 'error', err, 'ready_at', now, 'gen', next_gen)
         redis.call('RPUSH', pending, id)
-        wake = true
       end
+      wake = true
     elseif kind == 'x' then
-      redis.call('HSET', jk, 'state', 'dead', 'error', err, 'done_at', now)
+      redis.call('HSET', jk, 'state', 'dead', 'error', err, 'done_at', now, 'gen', next_gen)
       redis.call('ZADD', prefix .. ':dead', now, id)
       redis.call('PEXPIRE', jk, dead_ret)
       release_idem(f[3], id)
@@ -64,7 +73,7 @@ for i = 0, n - 1 do
     else
       if kind == 'l' then redis.call('HINCRBY', jk, 'attempts', -1) end
       if err ~= '' then redis.call('HSET', jk, 'error', err) end
-      redis.call('HSET', jk, 'state', 'pending')
+      redis.call('HSET', jk, 'state', 'pending', 'gen', next_gen)
       redis.call('LPUSH', pending, id)
       wake = true
     end
@@ -72,6 +81,8 @@ for i = 0, n - 1 do
   end
 end
 
+bulk('ZREM', leased, unleased)
+bulk('ZADD', prefix .. ':done', finished)
 redis.call('ZREMRANGEBYSCORE', prefix .. ':done', '-inf', now - done_ret)
 redis.call('ZREMRANGEBYSCORE', prefix .. ':dead', '-inf', now - dead_ret)
 if done > 0 then
