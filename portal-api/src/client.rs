@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -39,6 +39,9 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     api_key: HeaderValue,
+    /// For scrubbing: a portal or proxy that echoes headers must not make
+    /// the key part of an error.
+    secret: SecretString,
     timeout: Duration,
     page_size: usize,
 }
@@ -109,6 +112,7 @@ impl Client {
             http,
             base,
             api_key,
+            secret: SecretString::from(config.api_key.expose_secret().trim().to_owned()),
             timeout: config.timeout,
             page_size: config.page_size,
         })
@@ -193,7 +197,7 @@ impl Client {
             .await
         {
             Ok(answer) => {
-                let page: TaskPage = expect_json(&call, answer)?;
+                let page: TaskPage = self.expect_json(&call, answer)?;
                 Ok(page.tasks)
             }
             Err(PortalError::Rejected { call, message }) if is_duplicate_task_message(&message) => {
@@ -326,7 +330,7 @@ impl Client {
                 consents: chunk.to_vec(),
             };
             let answer = self.exchange(Method::POST, url, Some(&body)).await?;
-            let page: ConsentPage = expect_json(&call, answer)?;
+            let page: ConsentPage = self.expect_json(&call, answer)?;
             stored.extend(page.consents);
         }
         Ok(stored)
@@ -360,7 +364,7 @@ impl Client {
         let url = self.url(&["studies"], &[]);
         let call = Call::new(Method::POST, &url);
         let answer = self.exchange(Method::POST, url, Some(study)).await?;
-        expect_json(&call, answer)
+        self.expect_json(&call, answer)
     }
 
     /// `POST /enrollmentprofiles`; the portal's answer, if it sent one.
@@ -371,7 +375,7 @@ impl Client {
         let url = self.url(&["enrollmentprofiles"], &[]);
         let call = Call::new(Method::POST, &url);
         match self.exchange(Method::POST, url, Some(profile)).await? {
-            Answer::Body(bytes) => decode(&call, &bytes).map(Some),
+            Answer::Body(bytes) => self.decode(&call, &bytes).map(Some),
             Answer::NoContent => Ok(None),
             Answer::Absent => Err(PortalError::NotFound { call }),
         }
@@ -394,7 +398,7 @@ impl Client {
     async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T, PortalError> {
         let call = Call::new(Method::GET, &url);
         let answer = self.exchange::<()>(Method::GET, url, None).await?;
-        expect_json(&call, answer)
+        self.expect_json(&call, answer)
     }
 
     async fn get_optional_json<T: DeserializeOwned>(
@@ -404,7 +408,7 @@ impl Client {
         let call = Call::new(Method::GET, &url);
         match self.exchange::<()>(Method::GET, url, None).await? {
             Answer::Absent => Ok(None),
-            answer => expect_json(&call, answer).map(Some),
+            answer => self.expect_json(&call, answer).map(Some),
         }
     }
 
@@ -416,7 +420,7 @@ impl Client {
         let call = Call::new(Method::PUT, &url);
         match self.exchange(Method::PUT, url, Some(body)).await? {
             Answer::Body(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(None),
-            Answer::Body(bytes) => decode(&call, &bytes).map(Some),
+            Answer::Body(bytes) => self.decode(&call, &bytes).map(Some),
             Answer::NoContent => Ok(None),
             Answer::Absent => Err(PortalError::NotFound { call }),
         }
@@ -476,31 +480,77 @@ impl Client {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "portal call"
         );
+        let text_of = |bytes: &[u8]| {
+            let text = match serde_json::from_slice::<ErrorBody>(bytes) {
+                Ok(body) => body.error,
+                Err(_) => body_excerpt(bytes),
+            };
+            self.scrub(text)
+        };
         match status {
             200..=202 => Ok(Answer::Body(bytes.to_vec())),
             204 => Ok(Answer::NoContent),
             404 => Ok(Answer::Absent),
             401 | 403 => Err(PortalError::Unauthorized { call, status }),
-            400 => {
-                let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                    Ok(body) => body.error,
-                    Err(_) => body_excerpt(&bytes),
-                };
-                Err(PortalError::Rejected { call, message })
-            }
-            409 => {
-                let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                    Ok(body) => body.error,
-                    Err(_) => body_excerpt(&bytes),
-                };
-                Err(PortalError::Conflict { call, message })
-            }
+            400 => Err(PortalError::Rejected {
+                call,
+                message: text_of(&bytes),
+            }),
+            409 => Err(PortalError::Conflict {
+                call,
+                message: text_of(&bytes),
+            }),
             _ => Err(PortalError::Status {
                 call,
                 status,
-                body_excerpt: body_excerpt(&bytes),
+                body_excerpt: self.scrub(body_excerpt(&bytes)),
                 retry_after,
             }),
+        }
+    }
+
+    fn expect_json<T: DeserializeOwned>(
+        &self,
+        call: &Call,
+        answer: Answer,
+    ) -> Result<T, PortalError> {
+        match answer {
+            Answer::Body(bytes) => self.decode(call, &bytes),
+            Answer::NoContent => Err(PortalError::Decode {
+                call: call.clone(),
+                path: ".".into(),
+                message: "expected a JSON body, the portal answered 204 No Content".into(),
+                truncated: false,
+            }),
+            Answer::Absent => Err(PortalError::NotFound { call: call.clone() }),
+        }
+    }
+
+    /// Decodes JSON, naming the path of the first mismatch (`tasks[3].status`).
+    fn decode<T: DeserializeOwned>(&self, call: &Call, bytes: &[u8]) -> Result<T, PortalError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| PortalError::Decode {
+            call: call.clone(),
+            path: e.path().to_string(),
+            truncated: e.inner().is_eof(),
+            message: self.scrub(e.into_inner().to_string()),
+        })?;
+        de.end().map_err(|e| PortalError::Decode {
+            call: call.clone(),
+            path: ".".into(),
+            message: self.scrub(e.to_string()),
+            truncated: false,
+        })?;
+        Ok(value)
+    }
+
+    /// Removes the API key from text the portal sent back.
+    fn scrub(&self, text: String) -> String {
+        let key = self.secret.expose_secret();
+        if key.len() >= 4 && text.contains(key) {
+            text.replace(key, "[redacted]")
+        } else {
+            text
         }
     }
 }
@@ -508,37 +558,6 @@ impl Client {
 /// `@{code}`, the portal's path form of a code.
 fn at(code: &str) -> String {
     format!("@{code}")
-}
-
-fn expect_json<T: DeserializeOwned>(call: &Call, answer: Answer) -> Result<T, PortalError> {
-    match answer {
-        Answer::Body(bytes) => decode(call, &bytes),
-        Answer::NoContent => Err(PortalError::Decode {
-            call: call.clone(),
-            path: ".".into(),
-            message: "expected a JSON body, the portal answered 204 No Content".into(),
-            truncated: false,
-        }),
-        Answer::Absent => Err(PortalError::NotFound { call: call.clone() }),
-    }
-}
-
-/// Decodes JSON, naming the path of the first mismatch (`tasks[3].status`).
-fn decode<T: DeserializeOwned>(call: &Call, bytes: &[u8]) -> Result<T, PortalError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| PortalError::Decode {
-        call: call.clone(),
-        path: e.path().to_string(),
-        truncated: e.inner().is_eof(),
-        message: e.into_inner().to_string(),
-    })?;
-    de.end().map_err(|e| PortalError::Decode {
-        call: call.clone(),
-        path: ".".into(),
-        message: e.to_string(),
-        truncated: false,
-    })?;
-    Ok(value)
 }
 
 /// Pages through a list: asks `fetch(offset)` until a page is shorter than

@@ -26,7 +26,11 @@ async fn submitted_package_can_be_read_by_code_and_by_host_id() {
         assert!(!got.acknowledged);
         assert!(got.date_created.is_some());
     }
-    let one = client.get_task(&stored[1].code).await.expect("get").expect("present");
+    let one = client
+        .get_task(&stored[1].code)
+        .await
+        .expect("get")
+        .expect("present");
     assert_eq!(one.host_system_id, "a-001");
     let by_id = client
         .tasks_by_host_ids(&["a-002".to_owned(), "a-000".to_owned(), "nope".to_owned()])
@@ -49,7 +53,10 @@ async fn paging_with_exactly_limit_items_stops_on_the_empty_page() {
     for chunk in tasks("p", 10).chunks(5) {
         client.submit_tasks(chunk).await.expect("submit");
     }
-    let all = client.list_tasks(&TaskQuery::default()).await.expect("list");
+    let all = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("list");
     assert_eq!(all.len(), 10);
     // Pages of 5, 5 and an empty one.
     assert_eq!(sim.handle().stats().requests_with("GET /tasks", 200), 3);
@@ -61,7 +68,10 @@ async fn paging_stops_on_a_short_page() {
     let client = client_with_page(sim.url(), 5);
     client.submit_tasks(&tasks("s", 5)).await.expect("submit");
     client.submit_tasks(&tasks("t", 2)).await.expect("submit");
-    let all = client.list_tasks(&TaskQuery::default()).await.expect("list");
+    let all = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("list");
     assert_eq!(all.len(), 7);
     assert_eq!(sim.handle().stats().requests_with("GET /tasks", 200), 2);
     let none = client
@@ -80,7 +90,10 @@ async fn a_portal_reporting_totals_as_count_does_not_make_paging_loop() {
     for chunk in tasks("c", 12).chunks(6) {
         client.submit_tasks(chunk).await.expect("submit");
     }
-    let all = client.list_tasks(&TaskQuery::default()).await.expect("list");
+    let all = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("list");
     assert_eq!(all.len(), 12);
     assert_eq!(sim.handle().stats().requests_with("GET /tasks", 200), 3);
 }
@@ -91,21 +104,32 @@ async fn acknowledgement_is_refused_when_the_task_changed_since_the_revision_rea
     let client = client(sim.url());
     let handle = sim.handle();
     let stored = client.submit_tasks(&tasks("k", 3)).await.expect("submit");
-    let pending = client.list_tasks(&TaskQuery::unacknowledged()).await.expect("list");
-    assert_eq!(pending.len(), 3);
-    for t in &pending {
-        client.acknowledge_task(&t.code, t.revision).await.expect("ack");
-    }
-    assert!(client
+    let pending = client
         .list_tasks(&TaskQuery::unacknowledged())
         .await
-        .expect("list")
-        .is_empty());
+        .expect("list");
+    assert_eq!(pending.len(), 3);
+    for t in &pending {
+        client
+            .acknowledge_task(&t.code, t.revision)
+            .await
+            .expect("ack");
+    }
+    assert!(
+        client
+            .list_tasks(&TaskQuery::unacknowledged())
+            .await
+            .expect("list")
+            .is_empty()
+    );
 
     // The patient starts a task: it is unacknowledged again at revision 2.
     let code = stored[0].code.clone();
     handle.start_task(&code).expect("start");
-    let pending = client.list_tasks(&TaskQuery::unacknowledged()).await.expect("list");
+    let pending = client
+        .list_tasks(&TaskQuery::unacknowledged())
+        .await
+        .expect("list");
     assert_eq!(pending.len(), 1);
     let read = pending[0].clone();
     assert_eq!((read.status, read.revision), (PortalStatus::InProgress, 2));
@@ -113,7 +137,9 @@ async fn acknowledgement_is_refused_when_the_task_changed_since_the_revision_rea
 
     // An update lands between our read and our acknowledgement.
     let answers = json!({"instrument": {"id": "urn:phq-test", "version": "1.0"}, "values": {"q000": {"value": "often"}}});
-    handle.complete_task(&code, answers.clone()).expect("complete");
+    handle
+        .complete_task(&code, answers.clone())
+        .expect("complete");
     let err = client
         .acknowledge_task(&code, read.revision)
         .await
@@ -123,14 +149,27 @@ async fn acknowledgement_is_refused_when_the_task_changed_since_the_revision_rea
     assert_eq!(handle.stats().stale_acknowledgements, 1);
 
     // Nothing was lost: reading again shows the completion.
-    let again = client.list_tasks(&TaskQuery::unacknowledged()).await.expect("list");
+    let again = client
+        .list_tasks(&TaskQuery::unacknowledged())
+        .await
+        .expect("list");
     assert_eq!(again.len(), 1);
     let done = &again[0];
     assert_eq!((done.status, done.revision), (PortalStatus::Complete, 3));
     assert_eq!(done.assessment.as_ref(), Some(&answers));
     assert!(done.date_completed.is_some());
-    client.acknowledge_task(&code, done.revision).await.expect("ack");
-    assert!(client.get_task(&code).await.expect("get").expect("some").acknowledged);
+    client
+        .acknowledge_task(&code, done.revision)
+        .await
+        .expect("ack");
+    assert!(
+        client
+            .get_task(&code)
+            .await
+            .expect("get")
+            .expect("some")
+            .acknowledged
+    );
 }
 
 #[tokio::test]
@@ -140,11 +179,19 @@ async fn patient_actions_move_the_lifecycle_forward_only() {
     let handle = sim.handle();
     let stored = client.submit_tasks(&tasks("l", 2)).await.expect("submit");
     let partial = json!({"instrument": {"id": "urn:phq-test", "version": "1.0"}, "values": {}});
-    let saved = handle.save_assessment(&stored[0].code, partial.clone()).expect("save");
-    assert_eq!((saved.status, saved.revision), (PortalStatus::InProgress, 2));
+    let saved = handle
+        .save_assessment(&stored[0].code, partial.clone())
+        .expect("save");
+    assert_eq!(
+        (saved.status, saved.revision),
+        (PortalStatus::InProgress, 2)
+    );
     let cancelled = handle.cancel_task(&stored[1].code).expect("cancel");
     assert_eq!(cancelled.status, PortalStatus::Cancelled);
-    assert!(handle.start_task(&stored[1].code).is_err(), "cancelled is final");
+    assert!(
+        handle.start_task(&stored[1].code).is_err(),
+        "cancelled is final"
+    );
     let stats = handle.stats();
     assert_eq!(stats.tasks_by_status.get("in-progress"), Some(&1));
     assert_eq!(stats.tasks_by_status.get("cancelled"), Some(&1));
@@ -160,7 +207,11 @@ async fn tasks_can_be_updated_and_deleted() {
         display_name: Some("Renamed".into()),
         ..TaskUpdate::default()
     };
-    let updated = client.update_task(code, &update).await.expect("update").expect("body");
+    let updated = client
+        .update_task(code, &update)
+        .await
+        .expect("update")
+        .expect("body");
     assert_eq!(updated.code, *code);
     assert!(client.delete_task(code).await.expect("delete"));
     assert!(!client.delete_task(code).await.expect("delete again"));
@@ -204,13 +255,19 @@ async fn ignore_identical_accepts_an_identical_resubmission_only() {
     let sim = start_sim(config).await;
     let client = client(sim.url());
     let first = client.submit_tasks(&tasks("i", 2)).await.expect("first");
-    let again = client.submit_tasks(&tasks("i", 2)).await.expect("identical again");
+    let again = client
+        .submit_tasks(&tasks("i", 2))
+        .await
+        .expect("identical again");
     assert_eq!(first[0].code, again[0].code);
     assert_eq!(sim.handle().stats().tasks_total, 2);
     let mut changed = task("i-000");
     changed.display_name = "Other".into();
     let err = client.submit_tasks(&[changed]).await.expect_err("changed");
-    assert!(matches!(err, PortalError::TaskAlreadySubmitted { .. }), "{err:?}");
+    assert!(
+        matches!(err, PortalError::TaskAlreadySubmitted { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -222,7 +279,8 @@ async fn invalid_tasks_are_rejected_with_the_portal_error_and_nothing_is_stored(
     let mut wrong_version = task("v-3");
     wrong_version.form["instrument"]["version"] = json!("2.0");
     let mut wrong_assessment = task("v-4");
-    wrong_assessment.assessment = Some(json!({"instrument": {"id": "urn:other", "version": "1.0"}, "values": {}}));
+    wrong_assessment.assessment =
+        Some(json!({"instrument": {"id": "urn:other", "version": "1.0"}, "values": {}}));
     let mut no_users = task("v-5");
     no_users.subject.users.clear();
     for (bad, expect) in [
@@ -254,10 +312,23 @@ async fn a_package_over_the_maximum_is_refused_with_413() {
     config.max_package_size = 4;
     let sim = start_sim(config).await;
     let client = client(sim.url());
-    let err = client.submit_tasks(&tasks("m", 5)).await.expect_err("too big");
-    assert!(matches!(err, PortalError::Status { status: 413, .. }), "{err:?}");
+    let err = client
+        .submit_tasks(&tasks("m", 5))
+        .await
+        .expect_err("too big");
+    assert!(
+        matches!(err, PortalError::Status { status: 413, .. }),
+        "{err:?}"
+    );
     assert!(!err.is_retryable());
-    assert_eq!(client.submit_tasks(&tasks("m", 4)).await.expect("fits").len(), 4);
+    assert_eq!(
+        client
+            .submit_tasks(&tasks("m", 4))
+            .await
+            .expect("fits")
+            .len(),
+        4
+    );
 }
 
 #[tokio::test]
@@ -265,8 +336,14 @@ async fn a_wrong_api_key_is_unauthorized_and_not_retryable() {
     let sim = sim().await;
     let config = ClientConfig::new(sim.url(), "wrong-key".to_owned().into());
     let client = Client::new(config).expect("client");
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("401");
-    assert!(matches!(err, PortalError::Unauthorized { status: 401, .. }), "{err:?}");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("401");
+    assert!(
+        matches!(err, PortalError::Unauthorized { status: 401, .. }),
+        "{err:?}"
+    );
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("GET http://"), "{err}");
     assert_eq!(sim.handle().stats().requests_with("GET /tasks", 401), 1);
@@ -279,7 +356,13 @@ async fn an_unreachable_portal_is_a_retryable_connect_error() {
     sim.shutdown().await;
     let err = client(&url).get_task("T1").await.expect_err("down");
     assert!(
-        matches!(err, PortalError::Network { kind: NetworkErrorKind::Connect, .. }),
+        matches!(
+            err,
+            PortalError::Network {
+                kind: NetworkErrorKind::Connect,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.is_retryable());
@@ -289,7 +372,10 @@ async fn an_unreachable_portal_is_a_retryable_connect_error() {
 async fn a_wrong_base_path_is_not_found_not_an_empty_list() {
     let sim = sim().await;
     let client = client(&format!("{}/not-the-api/", sim.url()));
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("404");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("404");
     assert!(matches!(err, PortalError::NotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("/not-the-api/tasks"), "{err}");
 }
@@ -315,7 +401,10 @@ async fn subjects_and_their_users_can_be_listed_and_updated() {
         .expect("update")
         .expect("body");
     assert_eq!(renamed.display_name.as_deref(), Some("Renamed"));
-    let users = client.list_subject_users(&subject.code).await.expect("users");
+    let users = client
+        .list_subject_users(&subject.code)
+        .await
+        .expect("users");
     assert_eq!(users.len(), 1);
     let user = client
         .update_subject_user(
@@ -330,7 +419,10 @@ async fn subjects_and_their_users_can_be_listed_and_updated() {
         .expect("update user")
         .expect("body");
     assert_eq!(user.email.as_deref(), Some("new@example.org"));
-    let err = client.list_subject_users("S999999").await.expect_err("absent");
+    let err = client
+        .list_subject_users("S999999")
+        .await
+        .expect_err("absent");
     assert!(matches!(err, PortalError::NotFound { .. }), "{err:?}");
 }
 
@@ -353,18 +445,41 @@ async fn consents_are_submitted_in_packages_listed_acknowledged_and_deleted() {
     assert_eq!(pending.len(), 5);
     let first = &pending[0];
     client
-        .update_consent(&first.code, &json!({"acknowledged": true, "revision": first.revision}))
+        .update_consent(
+            &first.code,
+            &json!({"acknowledged": true, "revision": first.revision}),
+        )
         .await
         .expect("ack");
-    assert!(client.delete_consent(&pending[1].code).await.expect("delete"));
-    assert!(!client.delete_consent(&pending[1].code).await.expect("again"));
-    assert_eq!(client.list_unacknowledged_consents().await.expect("list").len(), 3);
+    assert!(
+        client
+            .delete_consent(&pending[1].code)
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !client
+            .delete_consent(&pending[1].code)
+            .await
+            .expect("again")
+    );
+    assert_eq!(
+        client
+            .list_unacknowledged_consents()
+            .await
+            .expect("list")
+            .len(),
+        3
+    );
     let bad = NewConsent {
         host_system_id: "x".into(),
         subject_host_system_id: "nobody".into(),
         extra: Map::new(),
     };
-    let err = client.submit_consents(&[bad]).await.expect_err("unknown subject");
+    let err = client
+        .submit_consents(&[bad])
+        .await
+        .expect_err("unknown subject");
     assert!(matches!(err, PortalError::Rejected { .. }), "{err:?}");
 }
 
@@ -384,12 +499,21 @@ async fn studies_are_absent_until_created_and_profiles_need_a_study() {
         study_id: "st-1".into(),
         extra: Map::new(),
     };
-    assert!(client.publish_enrollment_profile(&profile).await.expect("publish").is_some());
+    assert!(
+        client
+            .publish_enrollment_profile(&profile)
+            .await
+            .expect("publish")
+            .is_some()
+    );
     let orphan = EnrollmentProfile {
         study_id: "st-404".into(),
         extra: Map::new(),
     };
-    let err = client.publish_enrollment_profile(&orphan).await.expect_err("no study");
+    let err = client
+        .publish_enrollment_profile(&orphan)
+        .await
+        .expect_err("no study");
     assert!(matches!(err, PortalError::Rejected { .. }), "{err:?}");
 }
 
@@ -402,7 +526,10 @@ async fn a_bad_base_url_or_package_size_fails_when_building_the_client() {
     let err = Client::new(ClientConfig::new("http://x", "k".to_owned().into()).with_page_size(0))
         .expect_err("zero");
     assert!(err.to_string().contains("task_package_size"), "{err}");
-    let ok = Client::new(ClientConfig::new("http://portal.example/api///", "k".to_owned().into()))
-        .expect("ok");
+    let ok = Client::new(ClientConfig::new(
+        "http://portal.example/api///",
+        "k".to_owned().into(),
+    ))
+    .expect("ok");
     assert_eq!(ok.base_url(), "http://portal.example/api");
 }

@@ -22,17 +22,26 @@ async fn injected_server_errors_are_retryable_and_429_carries_retry_after() {
     let client = client(sim.url());
     let handle = sim.handle();
     for status in [500u16, 502, 503] {
-        handle.set_faults(vec![error_rule(status, None)]).expect("rule");
+        handle
+            .set_faults(vec![error_rule(status, None)])
+            .expect("rule");
         let err = client.get_task("T1").await.expect_err("fault");
-        assert!(matches!(err, PortalError::Status { status: s, .. } if s == status), "{err:?}");
+        assert!(
+            matches!(err, PortalError::Status { status: s, .. } if s == status),
+            "{err:?}"
+        );
         assert!(err.is_retryable(), "{status}");
         assert_eq!(err.retry_after(), None);
     }
-    handle.set_faults(vec![error_rule(429, Some(7))]).expect("rule");
+    handle
+        .set_faults(vec![error_rule(429, Some(7))])
+        .expect("rule");
     let err = client.get_task("T1").await.expect_err("429");
     assert!(err.is_retryable());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
-    handle.set_faults(vec![error_rule(422, None)]).expect("rule");
+    handle
+        .set_faults(vec![error_rule(422, None)])
+        .expect("rule");
     let err = client.get_task("T1").await.expect_err("422");
     assert!(!err.is_retryable(), "{err:?}");
     handle.clear_faults();
@@ -52,7 +61,14 @@ async fn a_rule_for_one_endpoint_leaves_the_others_alone_and_times_limits_it() {
         let err = client.submit_tasks(&tasks("e", 1)).await.expect_err("503");
         assert_eq!(err.status(), Some(503));
     }
-    assert_eq!(client.submit_tasks(&tasks("e", 1)).await.expect("third").len(), 1);
+    assert_eq!(
+        client
+            .submit_tasks(&tasks("e", 1))
+            .await
+            .expect("third")
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -60,11 +76,22 @@ async fn a_dropped_connection_is_a_retryable_interruption_after_the_work_was_don
     let sim = sim().await;
     let client = client(sim.url());
     sim.handle()
-        .set_faults(vec![FaultRule::new(FaultKind::Drop).on("POST /tasks").times(1)])
+        .set_faults(vec![
+            FaultRule::new(FaultKind::Drop).on("POST /tasks").times(1),
+        ])
         .expect("rule");
-    let err = client.submit_tasks(&tasks("x", 2)).await.expect_err("dropped");
+    let err = client
+        .submit_tasks(&tasks("x", 2))
+        .await
+        .expect_err("dropped");
     assert!(
-        matches!(err, PortalError::Network { kind: NetworkErrorKind::Interrupted, .. }),
+        matches!(
+            err,
+            PortalError::Network {
+                kind: NetworkErrorKind::Interrupted,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.is_retryable());
@@ -90,9 +117,18 @@ async fn a_hanging_portal_is_a_retryable_timeout() {
         .set_faults(vec![FaultRule::new(FaultKind::Hang { ms: None })])
         .expect("rule");
     let started = Instant::now();
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("hang");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("hang");
     assert!(
-        matches!(err, PortalError::Network { kind: NetworkErrorKind::Timeout, .. }),
+        matches!(
+            err,
+            PortalError::Network {
+                kind: NetworkErrorKind::Timeout,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.is_retryable());
@@ -107,7 +143,10 @@ async fn malformed_json_is_an_undecodable_response_naming_the_path() {
     sim.handle()
         .set_faults(vec![FaultRule::new(FaultKind::Malformed)])
         .expect("rule");
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("bad json");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("bad json");
     match &err {
         PortalError::Decode {
             path, truncated, ..
@@ -129,9 +168,18 @@ async fn a_truncated_body_is_a_retryable_decode_error() {
     sim.handle()
         .set_faults(vec![FaultRule::new(FaultKind::Truncate).on("GET /tasks")])
         .expect("rule");
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("truncated");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("truncated");
     assert!(
-        matches!(err, PortalError::Decode { truncated: true, .. }),
+        matches!(
+            err,
+            PortalError::Decode {
+                truncated: true,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.is_retryable());
@@ -142,7 +190,11 @@ async fn accept_then_fail_stores_the_package_and_answers_500() {
     let sim = sim().await;
     let client = client(sim.url());
     sim.handle()
-        .set_faults(vec![FaultRule::new(FaultKind::AcceptThenFail).on("POST /tasks").times(1)])
+        .set_faults(vec![
+            FaultRule::new(FaultKind::AcceptThenFail)
+                .on("POST /tasks")
+                .times(1),
+        ])
         .expect("rule");
     let err = client.submit_tasks(&tasks("a", 3)).await.expect_err("500");
     assert_eq!(err.status(), Some(500));
@@ -170,16 +222,25 @@ async fn latency_is_added_fixed_or_within_a_range() {
     client.get_task("T1").await.expect("slow but fine");
     assert!(started.elapsed() >= Duration::from_millis(150));
     let started = Instant::now();
-    client.list_tasks(&TaskQuery::default()).await.expect("other endpoint");
+    client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("other endpoint");
     assert!(started.elapsed() < Duration::from_millis(150));
     sim.handle()
         .set_faults(vec![FaultRule::parse_flag("latency:50-80").expect("flag")])
         .expect("rule");
     let started = Instant::now();
-    client.list_tasks(&TaskQuery::default()).await.expect("range");
+    client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect("range");
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(50), "{took:?}");
-    assert_eq!(sim.handle().stats().faults_injected.get("latency"), Some(&2));
+    assert_eq!(
+        sim.handle().stats().faults_injected.get("latency"),
+        Some(&2)
+    );
 }
 
 #[tokio::test]

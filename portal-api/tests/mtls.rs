@@ -52,7 +52,8 @@ fn pki() -> Pki {
         &["localhost", "127.0.0.1"],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
-    let (client_cert, client_key) = leaf(&ca, &["portal-sync"], ExtendedKeyUsagePurpose::ClientAuth);
+    let (client_cert, client_key) =
+        leaf(&ca, &["portal-sync"], ExtendedKeyUsagePurpose::ClientAuth);
     let rogue = issuer("someone else");
     let (other_client_cert, other_client_key) =
         leaf(&rogue, &["intruder"], ExtendedKeyUsagePurpose::ClientAuth);
@@ -96,8 +97,18 @@ async fn a_client_certificate_as_one_pem_file_is_accepted() {
             .with_client_identity(ClientIdentity::Combined(Pem::file(&combined))),
     )
     .expect("client");
-    client.submit_tasks(&tasks("tls", 2)).await.expect("submit over mTLS");
-    assert_eq!(client.list_tasks(&TaskQuery::default()).await.expect("list").len(), 2);
+    client
+        .submit_tasks(&tasks("tls", 2))
+        .await
+        .expect("submit over mTLS");
+    assert_eq!(
+        client
+            .list_tasks(&TaskQuery::default())
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -118,7 +129,13 @@ async fn a_client_certificate_as_cert_and_key_files_is_accepted() {
             }),
     )
     .expect("client");
-    assert!(client.list_tasks(&TaskQuery::default()).await.expect("list").is_empty());
+    assert!(
+        client
+            .list_tasks(&TaskQuery::default())
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -129,7 +146,10 @@ async fn without_a_client_certificate_the_portal_refuses_the_connection() {
         client_config(&https_url(&sim)).with_ca_bundle(Pem::inline(pki.ca_pem.clone())),
     )
     .expect("client");
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("refused");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("refused");
     assert!(matches!(err, PortalError::Network { .. }), "{err:?}");
     // A certificate from another CA is refused too.
     let client = Client::new(
@@ -141,7 +161,10 @@ async fn without_a_client_certificate_the_portal_refuses_the_connection() {
             }),
     )
     .expect("client");
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("refused");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("refused");
     assert!(matches!(err, PortalError::Network { .. }), "{err:?}");
     assert_eq!(sim.handle().stats().requests_to("GET /tasks"), 0);
 }
@@ -151,28 +174,38 @@ async fn a_server_certificate_from_an_unknown_ca_is_never_accepted() {
     let pki = pki();
     let sim = mtls_sim(&pki).await;
     // Right client certificate, but the test CA is not trusted.
-    let client = Client::new(
-        client_config(&https_url(&sim)).with_client_identity(ClientIdentity::Split {
+    let client = Client::new(client_config(&https_url(&sim)).with_client_identity(
+        ClientIdentity::Split {
             cert: Pem::inline(pki.client_cert.clone()),
             key: Pem::inline(pki.client_key.clone()),
-        }),
-    )
+        },
+    ))
     .expect("client");
-    let err = client.list_tasks(&TaskQuery::default()).await.expect_err("untrusted");
+    let err = client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .expect_err("untrusted");
     assert!(
-        matches!(err, PortalError::Network { kind: NetworkErrorKind::Connect, .. }),
+        matches!(
+            err,
+            PortalError::Network {
+                kind: NetworkErrorKind::Connect,
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn unreadable_tls_material_fails_when_building_the_client_naming_the_file() {
-    let err = Client::new(
-        client_config("https://localhost:1").with_client_identity(ClientIdentity::Combined(
-            Pem::file("/nonexistent/client.pem"),
-        )),
-    )
+    let err = Client::new(client_config("https://localhost:1").with_client_identity(
+        ClientIdentity::Combined(Pem::file("/nonexistent/client.pem")),
+    ))
     .expect_err("missing file");
     assert!(err.to_string().contains("/nonexistent/client.pem"), "{err}");
     let err = Client::new(

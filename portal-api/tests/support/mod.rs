@@ -1,6 +1,8 @@
 //! Shared test setup: start a simulator, build a client for it, make tasks.
 #![allow(dead_code)]
 
+pub mod odd_portal;
+
 use std::time::Duration;
 
 use portal_api::sim::{RunningSim, SimConfig, Simulator};
