@@ -45,6 +45,10 @@ struct Cli {
     /// after it refused it.
     #[arg(long, value_name = "SECONDS", default_value = "30")]
     auth_retry_interval: f64,
+    /// Seconds a job stays leased to a worker that stopped renewing it
+    /// (killed, frozen) before another worker takes it over (default 30).
+    #[arg(long, value_name = "SECONDS")]
+    lease_timeout: Option<f64>,
     /// Serve the queue dashboard on the HTTP listener (not available in this
     /// build; see the crate documentation).
     #[arg(long)]
@@ -95,12 +99,22 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         .ok()
         .filter(|d| !d.is_zero())
         .context("--auth-retry-interval must be a positive number of seconds")?;
+    let lease_timeout = match cli.lease_timeout {
+        None => None,
+        Some(s) => Some(
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| *d >= Duration::from_millis(100))
+                .context("--lease-timeout must be at least 0.1 seconds")?,
+        ),
+    };
     let identity = WorkerIdentity::generate();
     let overrides = Overrides {
         concurrency: cli.concurrency.map(|c| c as usize),
         queue: Some(cli.queue),
         http_bind: cli.http_bind,
         auth_probe_every,
+        lease_timeout,
         identity: identity.clone(),
     };
     let worker = tokio::select! {

@@ -42,16 +42,23 @@ pub fn retry_policy(settings: &Settings) -> RetryPolicy {
 
 /// The worker's queue configuration: Redis and namespace from the `redis`
 /// block, `concurrency` jobs at once, retries from the `worker` block.
+/// `lease_timeout`: how long a job stays leased to a worker that stopped
+/// renewing it (killed, frozen) before another worker may take it; the
+/// queue's default when `None`.
 pub fn queue_config(
     settings: &Settings,
     queue: &str,
     concurrency: usize,
+    lease_timeout: Option<Duration>,
 ) -> Result<QueueConfig, job_queue::QueueError> {
-    QueueConfig::builder(settings.redis.url.expose(), queue)
+    let mut builder = QueueConfig::builder(settings.redis.url.expose(), queue)
         .namespace(settings.redis.namespace.clone())
         .concurrency(concurrency)
-        .retry(retry_policy(settings))
-        .build()
+        .retry(retry_policy(settings));
+    if let Some(t) = lease_timeout {
+        builder = builder.visibility_timeout(t);
+    }
+    builder.build()
 }
 
 /// Job limits from the `worker` block.

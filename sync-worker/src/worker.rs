@@ -142,6 +142,8 @@ pub struct Overrides {
     pub http_bind: Option<SocketAddr>,
     /// How often to ask the portal whether it accepts our key again.
     pub auth_probe_every: Duration,
+    /// Job lease lifetime without renewal (the queue's default otherwise).
+    pub lease_timeout: Option<Duration>,
     pub identity: WorkerIdentity,
 }
 
@@ -156,7 +158,12 @@ impl Worker {
         let queue_name = overrides.queue.as_deref().unwrap_or(task_model::QUEUE_NAME);
         let store = task_model::store::open_store(settings.store.url.expose()).await?;
         let queue =
-            JobQueue::connect(crate::settings::queue_config(settings, queue_name, concurrency)?)
+            JobQueue::connect(crate::settings::queue_config(
+                settings,
+                queue_name,
+                concurrency,
+                overrides.lease_timeout,
+            )?)
                 .await?;
         let client =
             portal_api::Client::new(crate::settings::portal_client_config(&settings.portal_client))?;

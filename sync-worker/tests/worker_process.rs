@@ -96,3 +96,242 @@ async fn two_workers_submit_two_thousand_tasks_exactly_once_and_pull_completions
     }
     assert_eq!(h.counts().await.leased, 0, "every task lease released");
 }
+
+/// The simulator's basic checks, plus a refusal of the listed ids.
+struct RejectIds(Vec<String>);
+
+impl portal_api::sim::TaskValidator for RejectIds {
+    fn validate(&self, task: &task_model::HostTask) -> Result<(), String> {
+        if self.0.contains(&task.host_system_id) {
+            return Err("parameters.dose: not accepted by this portal".to_owned());
+        }
+        portal_api::sim::BasicValidator.validate(task)
+    }
+}
+
+fn fault(kind: portal_api::sim::FaultKind, endpoint: &str) -> portal_api::sim::FaultRule {
+    portal_api::sim::FaultRule::new(kind).on(endpoint)
+}
+
+async fn stop_worker(w: &mut harness::WorkerProcess) {
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(15)).await.expect("worker exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_then_fail_leaves_no_duplicate_on_the_portal() {
+    let mut options = Options::default();
+    options.sim.faults = vec![fault(portal_api::sim::FaultKind::AcceptThenFail, "POST /tasks").times(3)];
+    let h = Harness::start(options).await;
+    let ids = task_ids("a", 100);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for("100 tasks submitted, 5 jobs done", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 100 && h.queue_counts().await.done == 5
+    })
+    .await;
+    let stats = h.sim().stats();
+    assert_eq!(stats.faults_injected.get("accept_then_fail"), Some(&3), "{stats:?}");
+    assert_eq!(stats.tasks_total, 100);
+    assert_eq!(stats.duplicate_submissions, 0, "{stats:?}");
+    let q = h.queue_counts().await;
+    assert_eq!((q.done, q.dead), (5, 0), "{q:?}");
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_is_isolated_and_the_other_nineteen_go_through() {
+    let poison = "p-00007".to_owned();
+    let h = Harness::start(Options::default().validator(RejectIds(vec![poison.clone()]))).await;
+    let ids = task_ids("p", 20);
+    h.import(&ids).await;
+    let jobs = h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for("19 tasks submitted and the job done", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 19 && h.queue_counts().await.done == 1
+    })
+    .await;
+    let bad = h.load(&poison).await;
+    assert_eq!(bad.status, LocalStatus::AwaitingSubmission);
+    let error = bad.error.expect("the poison task carries the portal's error");
+    assert!(error.message.contains("parameters.dose: not accepted"), "{error:?}");
+    assert!(h.sim().task_by_host_id(&poison).is_none());
+    let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
+    assert_eq!(job.attempts, 1, "isolated within one attempt");
+    assert_eq!(h.sim().stats().tasks_total, 19);
+    assert_eq!(h.counts().await.leased, 0, "leases released");
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_waits_for_retry_after() {
+    let mut options = Options::default();
+    options.sim.faults = vec![
+        fault(
+            portal_api::sim::FaultKind::Error {
+                status: 429,
+                retry_after: Some(2),
+            },
+            "POST /tasks",
+        )
+        .times(1),
+    ];
+    let h = Harness::start(options).await;
+    let ids = task_ids("r", 20);
+    h.import(&ids).await;
+    let mut w = h.spawn_worker();
+    w.wait_serving().await;
+    let jobs = h.push_submits(&ids, 20).await;
+    let pushed = std::time::Instant::now();
+    wait_for("the first POST refused with 429", Duration::from_secs(10), || async {
+        h.sim().stats().requests_with("POST /tasks", 429) == 1
+    })
+    .await;
+    wait_for("20 tasks submitted", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 20
+    })
+    .await;
+    let took = pushed.elapsed();
+    assert!(took >= Duration::from_secs(2), "retried after {took:?}, before Retry-After: 2");
+    let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
+    assert_eq!(job.attempts, 2);
+    assert_eq!(h.sim().stats().duplicate_submissions, 0);
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_portal_sends_the_job_dead_and_the_tasks_carry_the_error() {
+    let mut options = Options {
+        max_attempts: 3,
+        ..Options::default()
+    };
+    options.sim.faults = vec![fault(
+        portal_api::sim::FaultKind::Error {
+            status: 503,
+            retry_after: None,
+        },
+        "POST /tasks",
+    )];
+    let h = Harness::start(options).await;
+    let ids = task_ids("d", 20);
+    h.import(&ids).await;
+    let jobs = h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for("the job dead", Duration::from_secs(20), || async {
+        h.queue_counts().await.dead == 1
+    })
+    .await;
+    let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
+    assert_eq!(job.attempts, 3);
+    assert!(job.last_error.as_deref().unwrap_or("").contains("503"), "{job:?}");
+    let task = h.load(&ids[0]).await;
+    assert_eq!(task.status, LocalStatus::AwaitingSubmission);
+    let error = task.error.expect("the task carries the error");
+    assert!(error.message.contains("503"), "{error:?}");
+    assert_eq!(error.attempts, 3);
+    assert_eq!(h.counts().await.leased, 0, "leases released once dead");
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_pauses_the_worker_without_burning_jobs() {
+    let h = Harness::start(Options {
+        worker_key: "wrong-key-0000".to_owned(),
+        concurrency: 2,
+        ..Options::default()
+    })
+    .await;
+    let ids = task_ids("k", 200);
+    h.import(&ids).await;
+    let jobs = h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    w.wait_serving().await;
+    wait_for("/readyz refusing", Duration::from_secs(10), || async {
+        matches!(w.get("/readyz").await, Some((503, body)) if body.contains("refuses our API key"))
+    })
+    .await;
+    // The worker keeps probing; give it several rounds to burn jobs if it would.
+    let tried = h.sim().stats().requests_with("POST /tasks", 401);
+    assert!((1..=2).contains(&tried), "at most the jobs already running tried: {tried}");
+    wait_for("a few key probes", Duration::from_secs(10), || async {
+        h.sim().stats().requests_with("GET /tasks", 401) >= 5
+    })
+    .await;
+    let q = h.queue_counts().await;
+    assert_eq!(q.dead, 0, "{q:?}");
+    assert_eq!(h.sim().stats().requests_with("POST /tasks", 401), tried, "paused: no more jobs tried");
+    assert!(q.pending >= 6, "the rest of the jobs wait in the queue: {q:?}");
+    for id in &jobs {
+        let job = h.queue.job(id).await.expect("job").expect("stored");
+        assert!(job.attempts <= 1, "{job:?}");
+    }
+    assert!(h.load(&ids[0]).await.error.is_none(), "an auth failure is not the task's error");
+
+    // The portal accepts the key again (here: a portal that knows it).
+    let mut h = h;
+    let old = h.sim.take().expect("sim");
+    old.shutdown().await;
+    let mut config = portal_api::sim::SimConfig::new("wrong-key-0000");
+    config.listen = h.sim_addr;
+    h.sim = Some(portal_api::sim::Simulator::start(config).await.expect("sim again"));
+    wait_for("200 tasks submitted after the key works", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 200 && h.queue_counts().await.done == 10
+    })
+    .await;
+    wait_for("/readyz ready again", Duration::from_secs(10), || async {
+        matches!(w.get("/readyz").await, Some((200, _)))
+    })
+    .await;
+    for id in &jobs {
+        let job = h.queue.job(id).await.expect("job").expect("stored");
+        assert_eq!(job.attempts, 1, "no attempt used by the outage: {job:?}");
+    }
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_landing_between_pull_and_acknowledgement_still_arrives() {
+    let h = Harness::start(Options::default()).await;
+    let ids = task_ids("c", 1);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for("submitted and acknowledged", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 1 && unacknowledged(&h).await == 0
+    })
+    .await;
+    let sim = h.sim();
+    let code = sim.task_by_host_id(&ids[0]).expect("on portal").code;
+    sim.start_task(&code).expect("start");
+    // The acknowledgement of the pulled change is slow; the patient
+    // completes the task while it is on its way.
+    sim.add_fault(
+        fault(portal_api::sim::FaultKind::Latency { ms: Some(1500), min_ms: None, max_ms: None }, "PUT /tasks/@{code}")
+            .times(1),
+    )
+    .expect("fault");
+    h.push_pulls(1).await;
+    wait_for("the pulled start written back", Duration::from_secs(10), || async {
+        h.load(&ids[0]).await.portal.is_some_and(|p| p.status == task_model::PortalStatus::InProgress)
+    })
+    .await;
+    sim.complete_task(&code, json!({"instrument": {"id": "urn:test-instrument", "version": "1.0"}, "values": {"q": {"value": "late"}}}))
+        .expect("complete");
+    wait_for("the completion written back", Duration::from_secs(10), || async {
+        h.status_count(LocalStatus::Complete).await == 1
+    })
+    .await;
+    wait_for("nothing unacknowledged", Duration::from_secs(10), || async {
+        unacknowledged(&h).await == 0
+    })
+    .await;
+    assert!(sim.stats().stale_acknowledgements >= 1, "{:?}", sim.stats());
+    let task = h.load(&ids[0]).await;
+    assert_eq!(
+        task.portal.and_then(|p| p.assessment).and_then(|a| a.pointer("/values/q/value").cloned()),
+        Some(json!("late"))
+    );
+    stop_worker(&mut w).await;
+}

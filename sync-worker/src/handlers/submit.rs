@@ -146,8 +146,9 @@ async fn take_already_submitted(
         .map(|t| t.host_system_id.clone())
         .collect();
     package.retain(|t| !held.contains(&t.host_system_id));
-    for id in &held {
-        tracing::info!(task_id = %id, "task already on the portal; recorded as submitted");
+    if !held.is_empty() {
+        let ids: Vec<&str> = held.iter().map(String::as_str).collect();
+        tracing::info!(task_ids = ?ids, "tasks already on the portal; recorded as submitted, not sent again");
     }
     answers.extend(found.into_iter().filter(|t| held.contains(&t.host_system_id)));
     Ok(held.len() as u64)

@@ -125,7 +125,7 @@ impl Harness {
             .expect("settings file");
         let settings = Settings::load(&settings_path, &Env::empty()).expect("settings load");
         let queue = JobQueue::connect(
-            sync_worker::settings::queue_config(&settings, QUEUE_NAME, 1).expect("queue config"),
+            sync_worker::settings::queue_config(&settings, QUEUE_NAME, 1, None).expect("queue config"),
         )
         .await
         .expect("queue");
