@@ -335,3 +335,180 @@ async fn a_completion_landing_between_pull_and_acknowledgement_still_arrives() {
     );
     stop_worker(&mut w).await;
 }
+
+fn latency(ms: u64, endpoint: &str) -> portal_api::sim::FaultRule {
+    fault(
+        portal_api::sim::FaultKind::Latency {
+            ms: Some(ms),
+            min_ms: None,
+            max_ms: None,
+        },
+        endpoint,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_no_task_and_duplicates_none() {
+    let mut options = Options {
+        concurrency: 4,
+        ..Options::default()
+    };
+    options.sim.faults = vec![latency(50, "POST /tasks")];
+    let h = Harness::start(options).await;
+    let ids = task_ids("x", 1000);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w1 = h.spawn_worker_with(&["--lease-timeout", "1"]);
+    let mut w2 = h.spawn_worker_with(&["--lease-timeout", "1"]);
+    wait_for("some progress", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await >= 200
+    })
+    .await;
+    w1.signal("KILL");
+    let status = w1.wait_exit(Duration::from_secs(5)).await.expect("killed");
+    assert!(!status.success());
+    wait_for("every task submitted", Duration::from_secs(30), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 1000
+    })
+    .await;
+    let stats = h.sim().stats();
+    assert_eq!(stats.tasks_total, 1000);
+    assert_eq!(stats.duplicate_submissions, 0, "{stats:?}");
+    wait_for("every job done", Duration::from_secs(10), || async {
+        h.queue_counts().await.done == 50
+    })
+    .await;
+    assert_eq!(h.queue_counts().await.dead, 0);
+    stop_worker(&mut w2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_zero_within_the_grace_and_leaves_nothing_leased() {
+    let mut options = Options {
+        concurrency: 8,
+        shutdown_grace: 5,
+        ..Options::default()
+    };
+    options.sim.faults = vec![latency(200, "POST /tasks")];
+    let h = Harness::start(options).await;
+    let ids = task_ids("s", 400);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for("jobs running", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await >= 40 && h.queue_counts().await.running >= 4
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(8)).await.expect("exits within the grace");
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took <= Duration::from_secs(6), "took {took:?}");
+    let q = h.queue_counts().await;
+    assert_eq!(q.running, 0, "nothing left leased: {q:?}");
+    assert_eq!(q.pending + q.scheduled + q.done, 20, "{q:?}");
+    assert!(q.done < 20, "stopped before the end: {q:?}");
+
+    let mut w = h.spawn_worker();
+    wait_for("the rest submitted by a new worker", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 400
+    })
+    .await;
+    assert_eq!(h.sim().stats().duplicate_submissions, 0);
+    stop_worker(&mut w).await;
+}
+
+/// `name{labels} value` lines of a Prometheus text exposition.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("series and value");
+            (series.to_owned(), value.parse::<f64>().expect("numeric value"))
+        })
+        .collect()
+}
+
+fn metric(series: &[(String, f64)], name: &str) -> f64 {
+    series
+        .iter()
+        .find(|(s, _)| s == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no series {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_the_named_series() {
+    let mut options = Options::default();
+    options.sim.faults = vec![
+        fault(
+            portal_api::sim::FaultKind::Error {
+                status: 503,
+                retry_after: None,
+            },
+            "POST /tasks",
+        )
+        .times(1),
+    ];
+    let h = Harness::start(options).await;
+    let ids = task_ids("m", 40);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    w.wait_serving().await;
+    wait_for("40 submitted, 2 jobs done", Duration::from_secs(20), || async {
+        h.status_count(LocalStatus::AwaitingCompletion).await == 40 && h.queue_counts().await.done == 2
+    })
+    .await;
+    let (status, body) = w.get("/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    let series = parse_metrics(&body);
+    assert_eq!(metric(&series, r#"portal_sync_jobs_total{kind="submit",outcome="succeeded"}"#), 2.0);
+    assert_eq!(metric(&series, r#"portal_sync_jobs_total{kind="submit",outcome="retried"}"#), 1.0);
+    assert_eq!(metric(&series, r#"portal_sync_job_retries_total{kind="submit"}"#), 1.0);
+    assert_eq!(metric(&series, r#"portal_sync_job_duration_seconds_count{kind="submit"}"#), 3.0);
+    let inf_bucket = series
+        .iter()
+        .find(|(s, _)| {
+            s.starts_with("portal_sync_job_duration_seconds_bucket{")
+                && s.contains(r#"kind="submit""#)
+                && s.contains(r#"le="+Inf""#)
+        })
+        .map(|(_, v)| *v);
+    assert_eq!(inf_bucket, Some(3.0), "the +Inf bucket holds every attempt");
+    assert_eq!(metric(&series, r#"portal_sync_portal_requests_total{endpoint="POST /tasks",status="2xx"}"#), 2.0);
+    assert_eq!(metric(&series, r#"portal_sync_portal_requests_total{endpoint="POST /tasks",status="503"}"#), 1.0);
+    assert_eq!(metric(&series, r#"portal_sync_portal_requests_total{endpoint="PUT /tasks/@{code}",status="2xx"}"#), 40.0);
+    assert!(metric(&series, r#"portal_sync_portal_request_duration_seconds_count{endpoint="POST /tasks"}"#) >= 3.0);
+    assert_eq!(metric(&series, r#"portal_sync_tasks_written_back_total{outcome="applied"}"#), 40.0);
+    assert_eq!(metric(&series, "portal_sync_stale_updates_ignored_total"), 0.0);
+    assert_eq!(metric(&series, r#"portal_sync_queue_jobs{state="pending"}"#), 0.0);
+    assert_eq!(metric(&series, r#"portal_sync_queue_jobs{state="running"}"#), 0.0);
+    assert_eq!(metric(&series, r#"portal_sync_queue_jobs{state="dead"}"#), 0.0);
+    assert_eq!(metric(&series, "portal_sync_worker_ready"), 1.0);
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_flips_when_redis_stops_and_back_when_it_returns() {
+    let mut h = Harness::start(Options::default()).await;
+    let mut w = h.spawn_worker();
+    w.wait_serving().await;
+    wait_for("ready", Duration::from_secs(10), || async {
+        matches!(w.get("/readyz").await, Some((200, _)))
+    })
+    .await;
+    h.redis.stop().expect("stop redis");
+    wait_for("not ready while Redis is down", Duration::from_secs(10), || async {
+        matches!(w.get("/readyz").await, Some((503, body)) if body.contains("\"store\":\"ok\"") && !body.contains("\"redis\":\"ok\""))
+    })
+    .await;
+    assert!(matches!(w.get("/healthz").await, Some((200, _))), "alive all the same");
+    h.redis.start_again().expect("start redis");
+    wait_for("ready again", Duration::from_secs(15), || async {
+        matches!(w.get("/readyz").await, Some((200, _)))
+    })
+    .await;
+    stop_worker(&mut w).await;
+}
