@@ -57,6 +57,7 @@ mod import;
 mod postgres;
 mod row;
 mod sqlite;
+mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod write_back;
@@ -108,6 +109,14 @@ pub trait TaskStore: Send + Sync {
         &self,
         request: LeaseRequest,
     ) -> impl Future<Output = Result<Vec<TaskId>, StoreError>> + Send;
+
+    /// Takes several leases in one transaction (one commit for a whole page of
+    /// packages); answers, per request in order, the ids it got. An id named
+    /// by two requests goes only to the first.
+    fn lease_many(
+        &self,
+        requests: &[LeaseRequest],
+    ) -> impl Future<Output = Result<Vec<Vec<TaskId>>, StoreError>> + Send;
 
     /// Releases the leases `job_id` still holds on `ids`; a lease taken over
     /// by another job is left alone. Answers how many were released.
@@ -392,6 +401,21 @@ fn in_asked_order(
         .collect()
 }
 
+/// The `(id, request index)` pairs of a [`TaskStore::lease_many`] call, each
+/// id once (its first request).
+fn lease_rows(requests: &[LeaseRequest]) -> Vec<(&str, usize)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        for id in &request.ids {
+            if seen.insert(id.as_str()) {
+                rows.push((id.as_str(), index));
+            }
+        }
+    }
+    rows
+}
+
 /// Builds [`StatusCounts`] from `(status, tasks, with error, leased)` groups.
 fn counts_from_groups(groups: Vec<(String, i64, i64, i64)>) -> StatusCounts {
     let mut counts = StatusCounts::default();
@@ -467,6 +491,10 @@ impl TaskStore for AnyStore {
 
     async fn lease(&self, request: LeaseRequest) -> Result<Vec<TaskId>, StoreError> {
         forward!(self, s => s.lease(request).await)
+    }
+
+    async fn lease_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskId>>, StoreError> {
+        forward!(self, s => s.lease_many(requests).await)
     }
 
     async fn release(&self, ids: &[TaskId], job_id: &str) -> Result<u64, StoreError> {

@@ -11,7 +11,6 @@ use std::io::Read;
 use std::str::FromStr as _;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sqlx::migrate::{MigrateDatabase as _, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -20,6 +19,7 @@ use sqlx::{Row as _, SqlSafeStr as _};
 use super::import::{self, BatchOutcome, ImportBackend, ImportError, PreparedTask};
 use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
 use super::sqlite::tally_stored;
+use super::stream::{DuePages, Segment, stream_due_with};
 use super::write_back::{PlannedWrite, WriteBackBackend, write_back_with};
 use super::{
     DEFAULT_BATCH_SIZE, DueQuery, ImportReport, LeaseRequest, RowError, StatusCounts, StoreError,
@@ -270,27 +270,6 @@ impl PostgresStore {
             .map(|raw| raw.and_then(|raw| row::decode_task(raw, cache)))
             .collect())
     }
-
-    async fn due_page(
-        &self,
-        query: &DueQuery,
-        statuses: &[String],
-        after: Option<&str>,
-    ) -> Result<Vec<PgRow>, StoreError> {
-        let limit = i64::try_from(query.batch_size.max(1)).unwrap_or(i64::MAX);
-        let sql = match after {
-            None => DUE_FIRST_PAGE,
-            Some(_) => DUE_NEXT_PAGE,
-        };
-        sqlx::query(sql)
-            .bind(statuses)
-            .bind(row::lease_millis(query.now))
-            .bind(limit)
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::query("stream due tasks"))
-    }
 }
 
 /// A batch of tasks as column arrays for `UNNEST`.
@@ -304,27 +283,70 @@ struct TaskColumns<'a> {
     assessments: Vec<Option<&'a str>>,
 }
 
-const DUE_FIRST_PAGE: &str = "SELECT host_system_id, display_name, instrument_hash, form_hash, \
-     subject, parameters, initial_assessment, status, \
-     portal_code, portal_subject_code, portal_status, portal_revision, \
-     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
-     error_message, error_attempts, error_at, row_version FROM tasks \
-     WHERE (status = ANY($1) \
-       OR status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[])) \
-     AND (lease_until IS NULL OR lease_until <= $2) \
-     AND $4::text IS NULL \
-     ORDER BY host_system_id LIMIT $3";
+/// The due-task query for each kind of page; every variant takes the same
+/// four parameters ($1 status, $2 now, $3 limit, $4 cursor).
+macro_rules! due_sql {
+    ($condition:literal) => {
+        concat!(
+            "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+             subject, parameters, initial_assessment, status, \
+             portal_code, portal_subject_code, portal_status, portal_revision, \
+             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+             error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
+            $condition,
+            " AND (lease_until IS NULL OR lease_until <= $2) ORDER BY host_system_id LIMIT $3"
+        )
+    };
+}
 
-const DUE_NEXT_PAGE: &str = "SELECT host_system_id, display_name, instrument_hash, form_hash, \
-     subject, parameters, initial_assessment, status, \
-     portal_code, portal_subject_code, portal_status, portal_revision, \
-     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
-     error_message, error_attempts, error_at, row_version FROM tasks \
-     WHERE host_system_id > $4 \
-     AND (status = ANY($1) \
-       OR status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[])) \
-     AND (lease_until IS NULL OR lease_until <= $2) \
-     ORDER BY host_system_id LIMIT $3";
+impl DuePages for PostgresStore {
+    type Row = PgRow;
+
+    async fn page(
+        &self,
+        segment: Segment,
+        now_millis: i64,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        let sql = match (segment, after) {
+            (Segment::Status(_), None) => due_sql!("status = $1 AND $4::text IS NULL"),
+            (Segment::Status(_), Some(_)) => due_sql!("status = $1 AND host_system_id > $4"),
+            (Segment::Unknown, None) => due_sql!(
+                "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
+                 AND $1::text IS NULL AND $4::text IS NULL"
+            ),
+            (Segment::Unknown, Some(_)) => due_sql!(
+                "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
+                 AND $1::text IS NULL AND host_system_id > $4"
+            ),
+        };
+        let status = match segment {
+            Segment::Status(s) => Some(s.as_str()),
+            Segment::Unknown => None,
+        };
+        sqlx::query(sql)
+            .bind(status)
+            .bind(now_millis)
+            .bind(limit)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("stream due tasks"))
+    }
+
+    fn row_id(row: &PgRow) -> Result<String, sqlx::Error> {
+        row.try_get(0)
+    }
+
+    async fn decode_rows(
+        &self,
+        rows: Vec<PgRow>,
+        cache: &mut DocumentCache,
+    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+        PostgresStore::decode_rows(self, rows, cache).await
+    }
+}
 
 impl ImportBackend for PostgresStore {
     async fn write_batch(
@@ -496,86 +518,88 @@ impl TaskStore for PostgresStore {
     }
 
     fn stream_due(&self, query: DueQuery) -> BoxStream<'static, Result<LocalTask, StoreError>> {
-        let store = self.clone();
-        let statuses: Vec<String> = query
-            .statuses
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect();
-        let state = PageState {
-            query,
-            statuses,
-            after: None,
-            cache: DocumentCache::default(),
-            done: false,
-        };
-        futures::stream::unfold((store, state), |(store, mut st)| async move {
-            if st.done {
-                return None;
-            }
-            let items = match store
-                .due_page(&st.query, &st.statuses, st.after.as_deref())
-                .await
-            {
-                Ok(rows) => {
-                    if rows.len() < st.query.batch_size.max(1) {
-                        st.done = true;
-                    }
-                    match rows.last().map(|r| r.try_get::<String, _>(0)) {
-                        None => st.done = true,
-                        Some(Ok(last)) => st.after = Some(last),
-                        Some(Err(e)) => {
-                            st.done = true;
-                            return Some((
-                                vec![Err(StoreError::query("stream due tasks")(e))],
-                                (store, st),
-                            ));
-                        }
-                    }
-                    match store.decode_rows(rows, &mut st.cache).await {
-                        Ok(tasks) => tasks
-                            .into_iter()
-                            .map(|t| t.map_err(StoreError::BadRow))
-                            .collect(),
-                        Err(e) => {
-                            st.done = true;
-                            vec![Err(e)]
-                        }
-                    }
-                }
-                Err(e) => {
-                    st.done = true;
-                    vec![Err(e)]
-                }
-            };
-            Some((items, (store, st)))
-        })
-        .flat_map(futures::stream::iter)
-        .boxed()
+        stream_due_with(self.clone(), query)
     }
 
     async fn lease(&self, request: LeaseRequest) -> Result<Vec<TaskId>, StoreError> {
-        if request.ids.is_empty() {
-            return Ok(Vec::new());
+        let mut got = self.lease_many(std::slice::from_ref(&request)).await?;
+        Ok(got.pop().unwrap_or_default())
+    }
+
+    async fn lease_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskId>>, StoreError> {
+        let mut answers = vec![Vec::new(); requests.len()];
+        let rows = super::lease_rows(requests);
+        if rows.is_empty() {
+            return Ok(answers);
         }
-        let rows = sqlx::query(
-            "UPDATE tasks SET lease_job = $1, lease_until = $2 \
-             WHERE host_system_id = ANY($3) \
-             AND ($4 OR lease_until IS NULL OR lease_until <= $5 OR lease_job = $1) \
-             RETURNING host_system_id",
+        let ids: Vec<&str> = rows.iter().map(|(id, _)| *id).collect();
+        let requests_of: Vec<i32> = rows
+            .iter()
+            .map(|(_, i)| i32::try_from(*i).unwrap_or(i32::MAX))
+            .collect();
+        let jobs: Vec<&str> = rows
+            .iter()
+            .map(|(_, i)| requests[*i].job_id.as_str())
+            .collect();
+        let until: Vec<i64> = rows
+            .iter()
+            .map(|(_, i)| row::lease_millis(requests[*i].until))
+            .collect();
+        let now: Vec<i64> = rows
+            .iter()
+            .map(|(_, i)| row::lease_millis(requests[*i].now))
+            .collect();
+        let force: Vec<bool> = rows.iter().map(|(_, i)| requests[*i].force).collect();
+        let op = StoreError::query("lease tasks");
+        let mut tx = self.pool.begin().await.map_err(op)?;
+        // A lease lost in a server crash only makes its tasks due again (jobs
+        // are idempotent), so lease commits need not wait for the disk.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("lease tasks"))?;
+        let leased = sqlx::query(
+            "UPDATE tasks AS t SET lease_job = u.job, lease_until = u.until \
+             FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bool[]) \
+             AS u(id, request, job, until, now, force) \
+             WHERE t.host_system_id = u.id \
+             AND (u.force OR t.lease_until IS NULL OR t.lease_until <= u.now OR t.lease_job = u.job) \
+             RETURNING t.host_system_id, u.request",
         )
-        .bind(&request.job_id)
-        .bind(row::lease_millis(request.until))
-        .bind(&request.ids)
-        .bind(request.force)
-        .bind(row::lease_millis(request.now))
-        .fetch_all(&self.pool)
+        .bind(&ids)
+        .bind(&requests_of)
+        .bind(&jobs)
+        .bind(&until)
+        .bind(&now)
+        .bind(&force)
+        .fetch_all(&mut *tx)
         .await
         .map_err(StoreError::query("lease tasks"))?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::query("lease tasks"))
+        tx.commit()
+            .await
+            .map_err(StoreError::query("lease tasks"))?;
+        for r in &leased {
+            let id: String = r.try_get(0).map_err(StoreError::query("lease tasks"))?;
+            let request: i32 = r.try_get(1).map_err(StoreError::query("lease tasks"))?;
+            if let Some(answer) = usize::try_from(request)
+                .ok()
+                .and_then(|i| answers.get_mut(i))
+            {
+                answer.push(id);
+            }
+        }
+        // Answer in the order each request named its ids.
+        for (answer, request) in answers.iter_mut().zip(requests) {
+            let got: std::collections::HashSet<&str> = answer.iter().map(String::as_str).collect();
+            let ordered: Vec<TaskId> = request
+                .ids
+                .iter()
+                .filter(|id| got.contains(id.as_str()))
+                .cloned()
+                .collect();
+            *answer = ordered;
+        }
+        Ok(answers)
     }
 
     async fn release(&self, ids: &[TaskId], job_id: &str) -> Result<u64, StoreError> {
@@ -664,13 +688,4 @@ impl TaskStore for PostgresStore {
         }
         Ok(super::counts_from_groups(groups))
     }
-}
-
-/// Where a due-task stream stands.
-struct PageState {
-    query: DueQuery,
-    statuses: Vec<String>,
-    after: Option<String>,
-    cache: DocumentCache,
-    done: bool,
 }

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -25,6 +24,7 @@ use sqlx::{QueryBuilder, Row as _, SqlSafeStr as _, Sqlite};
 
 use super::import::{self, BatchOutcome, ImportBackend, ImportError, PreparedTask};
 use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
+use super::stream::{DuePages, Segment, stream_due_with};
 use super::write_back::{PlannedWrite, WriteBackBackend, write_back_with};
 use super::{
     DEFAULT_BATCH_SIZE, DueQuery, ImportReport, LeaseRequest, RowError, StatusCounts, StoreError,
@@ -276,56 +276,72 @@ impl SqliteStore {
             .map(|raw| raw.and_then(|raw| row::decode_task(raw, cache)))
             .collect())
     }
+}
 
-    async fn due_page(
+/// The due-task query for each kind of page; every variant takes the same
+/// four parameters (?1 status, ?2 now, ?3 limit, ?4 cursor).
+macro_rules! due_sql {
+    ($condition:literal) => {
+        concat!(
+            "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+             subject, parameters, initial_assessment, status, \
+             portal_code, portal_subject_code, portal_status, portal_revision, \
+             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+             error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
+            $condition,
+            " AND (lease_until IS NULL OR lease_until <= ?2) ORDER BY host_system_id LIMIT ?3"
+        )
+    };
+}
+
+impl DuePages for SqliteStore {
+    type Row = SqliteRow;
+
+    async fn page(
         &self,
-        query: &DueQuery,
-        statuses: &str,
+        segment: Segment,
+        now_millis: i64,
+        limit: i64,
         after: Option<&str>,
     ) -> Result<Vec<SqliteRow>, StoreError> {
-        let limit = i64::try_from(query.batch_size.max(1)).unwrap_or(i64::MAX);
-        let now = row::lease_millis(query.now);
-        let sql = match after {
-            None => DUE_FIRST_PAGE,
-            Some(_) => DUE_NEXT_PAGE,
+        let sql = match (segment, after) {
+            (Segment::Status(_), None) => due_sql!("status = ?1 AND ?4 IS NULL"),
+            (Segment::Status(_), Some(_)) => due_sql!("status = ?1 AND host_system_id > ?4"),
+            (Segment::Unknown, None) => due_sql!(
+                "status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled') \
+                 AND ?1 IS NULL AND ?4 IS NULL"
+            ),
+            (Segment::Unknown, Some(_)) => due_sql!(
+                "status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled') \
+                 AND ?1 IS NULL AND host_system_id > ?4"
+            ),
+        };
+        let status = match segment {
+            Segment::Status(s) => Some(s.as_str()),
+            Segment::Unknown => None,
         };
         sqlx::query(sql)
-            .bind(statuses)
-            .bind(now)
+            .bind(status)
+            .bind(now_millis)
             .bind(limit)
             .bind(after)
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::query("stream due tasks"))
     }
+
+    fn row_id(row: &SqliteRow) -> Result<String, sqlx::Error> {
+        row.try_get(0)
+    }
+
+    async fn decode_rows(
+        &self,
+        rows: Vec<SqliteRow>,
+        cache: &mut DocumentCache,
+    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+        SqliteStore::decode_rows(self, rows, cache).await
+    }
 }
-
-const DUE_FIRST_PAGE: &str = concat!(
-    "SELECT host_system_id, display_name, instrument_hash, form_hash, \
-     subject, parameters, initial_assessment, status, \
-     portal_code, portal_subject_code, portal_status, portal_revision, \
-     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
-     error_message, error_attempts, error_at, row_version \
-     FROM tasks WHERE ",
-    "(status IN (SELECT value FROM json_each(?1)) \
-      OR status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled')) \
-     AND (lease_until IS NULL OR lease_until <= ?2) \
-     AND (?4 IS NULL) \
-     ORDER BY host_system_id LIMIT ?3"
-);
-
-const DUE_NEXT_PAGE: &str = concat!(
-    "SELECT host_system_id, display_name, instrument_hash, form_hash, \
-     subject, parameters, initial_assessment, status, \
-     portal_code, portal_subject_code, portal_status, portal_revision, \
-     portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
-     error_message, error_attempts, error_at, row_version \
-     FROM tasks WHERE host_system_id > ?4 AND ",
-    "(status IN (SELECT value FROM json_each(?1)) \
-      OR status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled')) \
-     AND (lease_until IS NULL OR lease_until <= ?2) \
-     ORDER BY host_system_id LIMIT ?3"
-);
 
 impl ImportBackend for SqliteStore {
     async fn write_batch(
@@ -508,88 +524,54 @@ impl TaskStore for SqliteStore {
     }
 
     fn stream_due(&self, query: DueQuery) -> BoxStream<'static, Result<LocalTask, StoreError>> {
-        let store = self.clone();
-        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
-        let statuses = serde_json::to_string(&statuses).unwrap_or_else(|_| "[]".into());
-        let state = PageState {
-            query,
-            statuses,
-            after: None,
-            cache: DocumentCache::default(),
-            done: false,
-        };
-        futures::stream::unfold((store, state), |(store, mut st)| async move {
-            if st.done {
-                return None;
-            }
-            let items = match store
-                .due_page(&st.query, &st.statuses, st.after.as_deref())
-                .await
-            {
-                Ok(rows) => {
-                    if rows.len() < st.query.batch_size.max(1) {
-                        st.done = true;
-                    }
-                    match rows.last().map(|r| r.try_get::<String, _>(0)) {
-                        None => st.done = true,
-                        Some(Ok(last)) => st.after = Some(last),
-                        Some(Err(e)) => {
-                            st.done = true;
-                            return Some((
-                                vec![Err(StoreError::query("stream due tasks")(e))],
-                                (store, st),
-                            ));
-                        }
-                    }
-                    match store.decode_rows(rows, &mut st.cache).await {
-                        Ok(tasks) => tasks
-                            .into_iter()
-                            .map(|t| t.map_err(StoreError::BadRow))
-                            .collect(),
-                        Err(e) => {
-                            st.done = true;
-                            vec![Err(e)]
-                        }
-                    }
-                }
-                Err(e) => {
-                    st.done = true;
-                    vec![Err(e)]
-                }
-            };
-            Some((items, (store, st)))
-        })
-        .flat_map(futures::stream::iter)
-        .boxed()
+        stream_due_with(self.clone(), query)
     }
 
     async fn lease(&self, request: LeaseRequest) -> Result<Vec<TaskId>, StoreError> {
-        if request.ids.is_empty() {
-            return Ok(Vec::new());
+        let mut got = self.lease_many(std::slice::from_ref(&request)).await?;
+        Ok(got.pop().unwrap_or_default())
+    }
+
+    async fn lease_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskId>>, StoreError> {
+        let mut per_request: Vec<Vec<TaskId>> = vec![Vec::new(); requests.len()];
+        for (id, index) in super::lease_rows(requests) {
+            per_request[index].push(id.to_string());
+        }
+        let mut answers = Vec::with_capacity(requests.len());
+        if per_request.iter().all(Vec::is_empty) {
+            answers.resize(requests.len(), Vec::new());
+            return Ok(answers);
         }
         let op = StoreError::query("lease tasks");
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE tasks SET lease_job = ?1, lease_until = ?2 \
-             WHERE host_system_id IN (SELECT value FROM json_each(?3)) \
-             AND (?4 OR lease_until IS NULL OR lease_until <= ?5 OR lease_job = ?1) \
-             RETURNING host_system_id",
-        )
-        .bind(&request.job_id)
-        .bind(row::lease_millis(request.until))
-        .bind(ids_json(&request.ids))
-        .bind(request.force)
-        .bind(row::lease_millis(request.now))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(op)?;
-        tx.commit()
+        for (request, ids) in requests.iter().zip(&per_request) {
+            if ids.is_empty() {
+                answers.push(Vec::new());
+                continue;
+            }
+            let rows = sqlx::query(
+                "UPDATE tasks SET lease_job = ?1, lease_until = ?2 \
+                 WHERE host_system_id IN (SELECT value FROM json_each(?3)) \
+                 AND (?4 OR lease_until IS NULL OR lease_until <= ?5 OR lease_job = ?1) \
+                 RETURNING host_system_id",
+            )
+            .bind(&request.job_id)
+            .bind(row::lease_millis(request.until))
+            .bind(ids_json(ids))
+            .bind(request.force)
+            .bind(row::lease_millis(request.now))
+            .fetch_all(&mut *tx)
             .await
             .map_err(StoreError::query("lease tasks"))?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::query("lease tasks"))
+            let got: HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::query("lease tasks"))?;
+            answers.push(ids.iter().filter(|id| got.contains(*id)).cloned().collect());
+        }
+        tx.commit().await.map_err(op)?;
+        Ok(answers)
     }
 
     async fn release(&self, ids: &[TaskId], job_id: &str) -> Result<u64, StoreError> {
@@ -699,13 +681,4 @@ impl TaskStore for SqliteStore {
         }
         Ok(super::counts_from_groups(groups))
     }
-}
-
-/// Where a due-task stream stands.
-struct PageState {
-    query: DueQuery,
-    statuses: String,
-    after: Option<String>,
-    cache: DocumentCache,
-    done: bool,
 }

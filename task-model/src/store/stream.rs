@@ -1,0 +1,144 @@
+//! Streaming due tasks, shared by both backends: keyset pagination over the
+//! `(status, host_system_id)` index, one status at a time, so each page is an
+//! index range read and memory holds one page whatever the number of tasks.
+//!
+//! Order: the statuses in the order the query names them (each once), each in
+//! `host_system_id` order, then the rows whose status is not a known one
+//! (each reported as a [`StoreError::BadRow`]).
+
+use std::future::Future;
+
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+
+use super::row::DocumentCache;
+use super::{DueQuery, RowError, StoreError};
+use crate::task::{LocalStatus, LocalTask};
+
+/// One index range the stream walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Segment {
+    Status(LocalStatus),
+    /// Rows whose status column holds no known status.
+    Unknown,
+}
+
+/// What a backend provides to be streamed from.
+pub(crate) trait DuePages: Clone + Send + Sync + 'static {
+    type Row: Send;
+
+    /// Up to `limit` rows of `segment` after `after` (in id order) that are
+    /// not under a live lease at `now_millis`.
+    fn page(
+        &self,
+        segment: Segment,
+        now_millis: i64,
+        limit: i64,
+        after: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, StoreError>> + Send;
+
+    /// The id of a fetched row (the keyset cursor).
+    fn row_id(row: &Self::Row) -> Result<String, sqlx::Error>;
+
+    /// Checks fetched rows and builds their tasks.
+    fn decode_rows(
+        &self,
+        rows: Vec<Self::Row>,
+        cache: &mut DocumentCache,
+    ) -> impl Future<Output = Result<Vec<Result<LocalTask, RowError>>, StoreError>> + Send;
+}
+
+struct State<B> {
+    backend: B,
+    segments: Vec<Segment>,
+    current: usize,
+    after: Option<String>,
+    now_millis: i64,
+    limit: i64,
+    cache: DocumentCache,
+    failed: bool,
+}
+
+impl<B: DuePages> State<B> {
+    /// The next page's items, or `None` at the end.
+    async fn next_items(&mut self) -> Option<Vec<Result<LocalTask, StoreError>>> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            let segment = *self.segments.get(self.current)?;
+            let rows = match self
+                .backend
+                .page(segment, self.now_millis, self.limit, self.after.as_deref())
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(vec![Err(e)]);
+                }
+            };
+            let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= self.limit;
+            match rows.last().map(B::row_id) {
+                Some(Ok(last)) if full => self.after = Some(last),
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Some(vec![Err(StoreError::Query {
+                        operation: "stream due tasks",
+                        source: e,
+                    })]);
+                }
+                // A short page ends this segment.
+                _ => {
+                    self.current += 1;
+                    self.after = None;
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            return Some(
+                match self.backend.decode_rows(rows, &mut self.cache).await {
+                    Ok(tasks) => tasks
+                        .into_iter()
+                        .map(|t| t.map_err(StoreError::BadRow))
+                        .collect(),
+                    Err(e) => {
+                        self.failed = true;
+                        vec![Err(e)]
+                    }
+                },
+            );
+        }
+    }
+}
+
+/// The due-task stream of `backend` for `query`.
+pub(crate) fn stream_due_with<B: DuePages>(
+    backend: B,
+    query: DueQuery,
+) -> BoxStream<'static, Result<LocalTask, StoreError>> {
+    let mut segments: Vec<Segment> = Vec::new();
+    for status in &query.statuses {
+        if !segments.contains(&Segment::Status(*status)) {
+            segments.push(Segment::Status(*status));
+        }
+    }
+    segments.push(Segment::Unknown);
+    let state = State {
+        backend,
+        segments,
+        current: 0,
+        after: None,
+        now_millis: super::row::lease_millis(query.now),
+        limit: i64::try_from(query.batch_size.max(1)).unwrap_or(i64::MAX),
+        cache: DocumentCache::default(),
+        failed: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        let items = state.next_items().await?;
+        Some((futures::stream::iter(items), state))
+    })
+    .flatten()
+    .boxed()
+}
