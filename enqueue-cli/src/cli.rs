@@ -163,6 +163,23 @@ Examples:
   portal-sync --config /etc/portal-sync.yaml check --json")]
     Check(CheckArgs),
 
+    /// Run the whole system in one process on sample data, and check it.
+    ///
+    /// Seeds an embedded SQLite store with sample tasks (a few invalid on
+    /// purpose), uses Redis (REDIS_URL, the settings file, or a private
+    /// redis-server it starts), runs the portal simulator with simulated
+    /// patients, enqueues, runs sync workers in-process, pulls the
+    /// completions back, and prints what happened. Exit code 0 only if no task
+    /// was duplicated, every valid task was submitted and every completion
+    /// written back; 1 if a check failed; 3 if no Redis could be had.
+    #[command(after_help = "\
+Examples:
+  portal-sync demo
+  portal-sync demo --tasks 10000 --workers 4
+  portal-sync demo --dir ./demo --keep-running
+  portal-sync demo --tasks 200 --json | jq .checks")]
+    Demo(crate::demo::DemoArgs),
+
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:

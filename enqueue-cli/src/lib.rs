@@ -13,6 +13,7 @@
 //! | [`dead`] | `dead list\|retry\|purge` |
 //! | [`check`] | `check`: settings, Redis, store, portal, with latencies |
 //! | [`completions`] | `completions bash\|zsh\|fish` |
+//! | [`demo`] | `demo`: the whole system in one process on sample data |
 //!
 //! The library exists so that other commands (the demo) and tests can run the
 //! enqueue path in-process: [`enqueue_once`] takes loaded settings and returns
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod completions;
 pub mod context;
 pub mod dead;
+pub mod demo;
 pub mod enqueue;
 pub mod exit;
 pub mod import;
@@ -61,6 +63,7 @@ pub async fn run(
             Ok(ExitStatus::Done)
         }
         Command::Check(args) => check::run_check(&global.config, &args).await,
+        Command::Demo(args) => demo::run_demo(&global, &args, output).await,
         Command::Import(args) => {
             let settings = context::load_settings(&global.config)?;
             let store = context::open_task_store(&settings).await?;
