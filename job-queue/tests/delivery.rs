@@ -141,9 +141,9 @@ async fn backlog_due_at_once_moves_in_bounded_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_worker_starts_a_new_job_within_50ms() {
     let redis = RedisServer::start().expect("redis");
-    // A long poll interval, so only the wake-up path can be fast.
+    // A poll interval far above the bound, so only the wake-up path can be fast.
     let config = config(&redis, "latency")
-        .poll_interval(Duration::from_secs(10))
+        .poll_interval(Duration::from_secs(2))
         .build()
         .expect("config");
     let queue = JobQueue::connect(config).await.expect("connect");
@@ -155,8 +155,9 @@ async fn idle_worker_starts_a_new_job_within_50ms() {
             Ok(())
         }
     });
-    // Let the worker go idle (blocked on its wake-up list).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the worker go idle (blocked on its wake-up list) through more than
+    // two blocking-pop timeouts.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let mut latencies = Vec::new();
     for n in 0..100 {
         let pushed_at = Instant::now();

@@ -66,6 +66,37 @@ async fn clean_shutdown_returns_unstarted_jobs_and_leaves_nothing_leased() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_running_past_the_grace_are_released() {
+    let redis = RedisServer::start().expect("redis");
+    let queue = queue(&redis, "grace").await;
+    queue
+        .push(&TestJob { n: 1 }, PushOptions::with_id("slow"))
+        .await
+        .expect("push");
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let worker = InProcessWorker::start(&queue, "impatient", move |job, _| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(job.n);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+    });
+    started.recv().await.expect("started");
+    worker.abort().await;
+    let counts = queue.counts().await.expect("counts");
+    assert_eq!(
+        (counts.running, counts.pending),
+        (0, 1),
+        "released, not left leased"
+    );
+    let job = queue.job("slow").await.expect("read").expect("kept");
+    assert_eq!(job.state, job_queue::JobState::Pending);
+    assert_eq!(job.attempts, 1, "the started attempt counts");
+    assert!(job.last_error.as_deref().unwrap_or("").contains("released"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_worker_stops_cleanly_on_sigterm() {
     let redis = RedisServer::start().expect("redis");
     let queue = queue(&redis, "sigterm").await;

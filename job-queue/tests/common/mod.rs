@@ -117,6 +117,16 @@ impl InProcessWorker {
             .expect("drained within 15 s");
     }
 
+    /// Drops the worker mid-flight (as a shutdown whose grace ran out
+    /// would), then waits for the backend's drain.
+    pub async fn abort(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+        tokio::time::timeout(Duration::from_secs(15), self.drain.drained())
+            .await
+            .expect("drained within 15 s");
+    }
+
     pub fn seen_count(&self) -> usize {
         self.seen.lock().expect("seen lock").len()
     }
