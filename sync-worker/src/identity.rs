@@ -29,7 +29,11 @@ impl WorkerIdentity {
                 }
             })
             .collect();
-        let host = if host.is_empty() { "sync-worker".to_owned() } else { host };
+        let host = if host.is_empty() {
+            "sync-worker".to_owned()
+        } else {
+            host
+        };
         WorkerIdentity(format!("{host}-{:08x}", rand::random::<u32>()))
     }
 

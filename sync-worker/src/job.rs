@@ -184,20 +184,11 @@ impl Service<Task<SyncJob>> for JobService {
                 attempt,
             );
             let start = Instant::now();
-            // Its own tokio task: jobs run in parallel on the runtime's
-            // threads, and a panic stays inside it.
-            let mut run = AbortOnDrop(tokio::spawn(
-                run_job(ctx.clone(), gate, limits, shutdown, job.clone(), attempt)
-                    .instrument(span.clone()),
-            ));
-            let result = match (&mut run.0).await {
+            let attempt_run = run_job(ctx.clone(), gate, limits, shutdown, job.clone(), attempt)
+                .instrument(span.clone());
+            let result = match run_isolated(attempt_run).await {
                 Ok(result) => result,
-                Err(join) => {
-                    let what = if join.is_panic() {
-                        panic_message(join.into_panic())
-                    } else {
-                        "the job's task was cancelled".to_owned()
-                    };
+                Err(what) => {
                     span.in_scope(|| {
                         tracing::error!(panic = %what, "job handler panicked; failing this job only")
                     });
@@ -221,6 +212,20 @@ impl Service<Task<SyncJob>> for JobService {
             }
             result
         })
+    }
+}
+
+/// Runs `fut` on its own tokio task, so that jobs run in parallel on the
+/// runtime's threads and a panic stays inside that task. Answers the panic's
+/// message if it panicked. Dropping the returned future aborts the task.
+pub async fn run_isolated<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    let mut task = AbortOnDrop(tokio::spawn(fut));
+    match (&mut task.0).await {
+        Ok(v) => Ok(v),
+        Err(join) if join.is_panic() => Err(panic_message(join.into_panic())),
+        Err(_) => Err("the job's task was cancelled".to_owned()),
     }
 }
 
@@ -306,7 +311,10 @@ async fn run_job(
                 ctx.metrics.job_finished(kind, JobOutcome::Retried, took);
                 tracing::warn!(error = %message, "job attempt timed out");
                 record_on_tasks(&ctx, &job, &message).await;
-                Err(JobError::retry_after(message, limits.retry.backoff(attempt)))
+                Err(JobError::retry_after(
+                    message,
+                    limits.retry.backoff(attempt),
+                ))
             }
         };
     }
@@ -345,5 +353,36 @@ async fn record_on_tasks(ctx: &JobContext, job: &SyncJob, message: &str) {
             tracing::warn!(task_id = %id, error = %e, "could not record the job's error on the task");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_fails_only_its_own_job() {
+        let bad = run_isolated(async {
+            if true {
+                panic!("boom in task t-1");
+            }
+            1
+        });
+        let good = run_isolated(async { 2 });
+        let (bad, good) = tokio::join!(bad, good);
+        assert_eq!(bad, Err("boom in task t-1".to_owned()));
+        assert_eq!(good, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_job_aborts_its_task() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let fut = run_isolated(async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            let _ = tx.send(());
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(20), fut).await;
+        // The task was aborted: its sender is dropped unsent.
+        assert!(rx.await.is_err());
     }
 }

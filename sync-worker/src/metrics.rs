@@ -121,10 +121,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("portal_sync");
         let jobs = Family::<JobLabels, Counter>::default();
         registry.register("jobs", "Jobs finished, by kind and outcome", jobs.clone());
-        let job_duration =
-            Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-                duration_histogram as fn() -> Histogram,
-            );
+        let job_duration = Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
         registry.register(
             "job_duration_seconds",
             "Wall time of one job attempt",

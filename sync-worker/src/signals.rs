@@ -22,7 +22,10 @@ pub fn spawn_signal_listener(shutdown: CancellationToken) -> std::io::Result<()>
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = first, "shutdown requested: no new jobs, finishing held ones");
+        tracing::info!(
+            signal = first,
+            "shutdown requested: no new jobs, finishing held ones"
+        );
         shutdown.cancel();
         let second = tokio::select! {
             _ = term.recv() => "SIGTERM",

@@ -22,8 +22,8 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use futures::future::BoxFuture;
 use job_queue::JobQueue;
-use task_model::{Settings, SyncJob};
 use task_model::store::{AnyStore, TaskStore};
+use task_model::{Settings, SyncJob};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth_gate::AuthGate;
@@ -157,16 +157,16 @@ impl Worker {
             .max(1);
         let queue_name = overrides.queue.as_deref().unwrap_or(task_model::QUEUE_NAME);
         let store = task_model::store::open_store(settings.store.url.expose()).await?;
-        let queue =
-            JobQueue::connect(crate::settings::queue_config(
-                settings,
-                queue_name,
-                concurrency,
-                overrides.lease_timeout,
-            )?)
-                .await?;
-        let client =
-            portal_api::Client::new(crate::settings::portal_client_config(&settings.portal_client))?;
+        let queue = JobQueue::connect(crate::settings::queue_config(
+            settings,
+            queue_name,
+            concurrency,
+            overrides.lease_timeout,
+        )?)
+        .await?;
+        let client = portal_api::Client::new(crate::settings::portal_client_config(
+            &settings.portal_client,
+        ))?;
         let rate_limit = settings
             .worker
             .rate_limit_per_second
@@ -267,8 +267,8 @@ impl Worker {
             .build(service);
         tracing::info!(worker = %options.identity, queue = %queue.config().queue(), concurrency = queue.config().concurrency(), "worker started");
 
-        let run = worker.run();
-        tokio::pin!(run);
+        // Boxed so that it can really be dropped below, before the drain.
+        let mut run = Box::pin(worker.run());
         let mut grace_exceeded = false;
         let mut result = tokio::select! {
             r = &mut run => Some(r),
@@ -283,7 +283,10 @@ impl Worker {
                 Ok(r) => result = Some(r),
                 Err(_) => {
                     grace_exceeded = true;
-                    tracing::warn!(running = wctx.task_count(), "shutdown grace ran out; handing the running jobs back to the queue");
+                    tracing::warn!(
+                        running = wctx.task_count(),
+                        "shutdown grace ran out; handing the running jobs back to the queue"
+                    );
                 }
             }
         }
@@ -293,11 +296,10 @@ impl Worker {
         drain.drained().await;
         ctx.metrics.set_ready(false);
         helpers.cancel();
-        if let Some(task) = http_task {
-            match task.await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
-                Ok(Ok(())) | Err(_) => {}
-            }
+        if let Some(task) = http_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "HTTP server stopped with an error");
         }
         let _ = probe_task.await;
         if let Some(Err(e)) = result {

@@ -41,17 +41,25 @@ async fn two_workers_submit_two_thousand_tasks_exactly_once_and_pull_completions
     let mut w1 = h.spawn_worker();
     let mut w2 = h.spawn_worker();
 
-    wait_for("2000 tasks awaiting completion", Duration::from_secs(60), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await == 2000
-    })
+    wait_for(
+        "2000 tasks awaiting completion",
+        Duration::from_secs(60),
+        || async { h.status_count(LocalStatus::AwaitingCompletion).await == 2000 },
+    )
     .await;
     let stats = h.sim().stats();
     assert_eq!(stats.tasks_total, 2000);
     assert_eq!(stats.duplicate_submissions, 0, "{stats:?}");
-    assert_eq!(stats.requests_with("POST /tasks", 201), 100, "one POST per package");
-    wait_for("the submission answers acknowledged", Duration::from_secs(20), || async {
-        unacknowledged(&h).await == 0
-    })
+    assert_eq!(
+        stats.requests_with("POST /tasks", 201),
+        100,
+        "one POST per package"
+    );
+    wait_for(
+        "the submission answers acknowledged",
+        Duration::from_secs(20),
+        || async { unacknowledged(&h).await == 0 },
+    )
     .await;
 
     // Patients complete every other task.
@@ -66,20 +74,27 @@ async fn two_workers_submit_two_thousand_tasks_exactly_once_and_pull_completions
     assert_eq!(unacknowledged(&h).await, 1000);
     h.push_pulls(50).await;
 
-    wait_for("1000 completions written back", Duration::from_secs(60), || async {
-        h.status_count(LocalStatus::Complete).await == 1000
-    })
+    wait_for(
+        "1000 completions written back",
+        Duration::from_secs(60),
+        || async { h.status_count(LocalStatus::Complete).await == 1000 },
+    )
     .await;
-    wait_for("nothing left unacknowledged", Duration::from_secs(20), || async {
-        unacknowledged(&h).await == 0
-    })
+    wait_for(
+        "nothing left unacknowledged",
+        Duration::from_secs(20),
+        || async { unacknowledged(&h).await == 0 },
+    )
     .await;
     for id in completed.iter().step_by(97) {
         let task = h.load(id).await;
         let portal = task.portal.expect("portal state");
         let i: usize = id[2..].parse().expect("index");
         assert_eq!(
-            portal.assessment.as_ref().and_then(|a| a.pointer("/values/q/value")),
+            portal
+                .assessment
+                .as_ref()
+                .and_then(|a| a.pointer("/values/q/value")),
             Some(&json!(i)),
             "assessment of {id}"
         );
@@ -115,25 +130,38 @@ fn fault(kind: portal_api::sim::FaultKind, endpoint: &str) -> portal_api::sim::F
 
 async fn stop_worker(w: &mut harness::WorkerProcess) {
     w.signal("TERM");
-    let status = w.wait_exit(Duration::from_secs(15)).await.expect("worker exits");
+    let status = w
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("worker exits");
     assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_then_fail_leaves_no_duplicate_on_the_portal() {
     let mut options = Options::default();
-    options.sim.faults = vec![fault(portal_api::sim::FaultKind::AcceptThenFail, "POST /tasks").times(3)];
+    options.sim.faults =
+        vec![fault(portal_api::sim::FaultKind::AcceptThenFail, "POST /tasks").times(3)];
     let h = Harness::start(options).await;
     let ids = task_ids("a", 100);
     h.import(&ids).await;
     h.push_submits(&ids, 20).await;
     let mut w = h.spawn_worker();
-    wait_for("100 tasks submitted, 5 jobs done", Duration::from_secs(20), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await == 100 && h.queue_counts().await.done == 5
-    })
+    wait_for(
+        "100 tasks submitted, 5 jobs done",
+        Duration::from_secs(20),
+        || async {
+            h.status_count(LocalStatus::AwaitingCompletion).await == 100
+                && h.queue_counts().await.done == 5
+        },
+    )
     .await;
     let stats = h.sim().stats();
-    assert_eq!(stats.faults_injected.get("accept_then_fail"), Some(&3), "{stats:?}");
+    assert_eq!(
+        stats.faults_injected.get("accept_then_fail"),
+        Some(&3),
+        "{stats:?}"
+    );
     assert_eq!(stats.tasks_total, 100);
     assert_eq!(stats.duplicate_submissions, 0, "{stats:?}");
     let q = h.queue_counts().await;
@@ -149,14 +177,24 @@ async fn a_poison_task_is_isolated_and_the_other_nineteen_go_through() {
     h.import(&ids).await;
     let jobs = h.push_submits(&ids, 20).await;
     let mut w = h.spawn_worker();
-    wait_for("19 tasks submitted and the job done", Duration::from_secs(20), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await == 19 && h.queue_counts().await.done == 1
-    })
+    wait_for(
+        "19 tasks submitted and the job done",
+        Duration::from_secs(20),
+        || async {
+            h.status_count(LocalStatus::AwaitingCompletion).await == 19
+                && h.queue_counts().await.done == 1
+        },
+    )
     .await;
     let bad = h.load(&poison).await;
     assert_eq!(bad.status, LocalStatus::AwaitingSubmission);
-    let error = bad.error.expect("the poison task carries the portal's error");
-    assert!(error.message.contains("parameters.dose: not accepted"), "{error:?}");
+    let error = bad
+        .error
+        .expect("the poison task carries the portal's error");
+    assert!(
+        error.message.contains("parameters.dose: not accepted"),
+        "{error:?}"
+    );
     assert!(h.sim().task_by_host_id(&poison).is_none());
     let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
     assert_eq!(job.attempts, 1, "isolated within one attempt");
@@ -185,16 +223,21 @@ async fn too_many_requests_waits_for_retry_after() {
     w.wait_serving().await;
     let jobs = h.push_submits(&ids, 20).await;
     let pushed = std::time::Instant::now();
-    wait_for("the first POST refused with 429", Duration::from_secs(10), || async {
-        h.sim().stats().requests_with("POST /tasks", 429) == 1
-    })
+    wait_for(
+        "the first POST refused with 429",
+        Duration::from_secs(10),
+        || async { h.sim().stats().requests_with("POST /tasks", 429) == 1 },
+    )
     .await;
     wait_for("20 tasks submitted", Duration::from_secs(20), || async {
         h.status_count(LocalStatus::AwaitingCompletion).await == 20
     })
     .await;
     let took = pushed.elapsed();
-    assert!(took >= Duration::from_secs(2), "retried after {took:?}, before Retry-After: 2");
+    assert!(
+        took >= Duration::from_secs(2),
+        "retried after {took:?}, before Retry-After: 2"
+    );
     let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
     assert_eq!(job.attempts, 2);
     assert_eq!(h.sim().stats().duplicate_submissions, 0);
@@ -225,7 +268,10 @@ async fn a_failing_portal_sends_the_job_dead_and_the_tasks_carry_the_error() {
     .await;
     let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
     assert_eq!(job.attempts, 3);
-    assert!(job.last_error.as_deref().unwrap_or("").contains("503"), "{job:?}");
+    assert!(
+        job.last_error.as_deref().unwrap_or("").contains("503"),
+        "{job:?}"
+    );
     let task = h.load(&ids[0]).await;
     assert_eq!(task.status, LocalStatus::AwaitingSubmission);
     let error = task.error.expect("the task carries the error");
@@ -254,20 +300,33 @@ async fn a_refused_key_pauses_the_worker_without_burning_jobs() {
     .await;
     // The worker keeps probing; give it several rounds to burn jobs if it would.
     let tried = h.sim().stats().requests_with("POST /tasks", 401);
-    assert!((1..=2).contains(&tried), "at most the jobs already running tried: {tried}");
+    assert!(
+        (1..=2).contains(&tried),
+        "at most the jobs already running tried: {tried}"
+    );
     wait_for("a few key probes", Duration::from_secs(10), || async {
         h.sim().stats().requests_with("GET /tasks", 401) >= 5
     })
     .await;
     let q = h.queue_counts().await;
     assert_eq!(q.dead, 0, "{q:?}");
-    assert_eq!(h.sim().stats().requests_with("POST /tasks", 401), tried, "paused: no more jobs tried");
-    assert!(q.pending >= 6, "the rest of the jobs wait in the queue: {q:?}");
+    assert_eq!(
+        h.sim().stats().requests_with("POST /tasks", 401),
+        tried,
+        "paused: no more jobs tried"
+    );
+    assert!(
+        q.pending >= 6,
+        "the rest of the jobs wait in the queue: {q:?}"
+    );
     for id in &jobs {
         let job = h.queue.job(id).await.expect("job").expect("stored");
         assert!(job.attempts <= 1, "{job:?}");
     }
-    assert!(h.load(&ids[0]).await.error.is_none(), "an auth failure is not the task's error");
+    assert!(
+        h.load(&ids[0]).await.error.is_none(),
+        "an auth failure is not the task's error"
+    );
 
     // The portal accepts the key again (here: a portal that knows it).
     let mut h = h;
@@ -275,10 +334,19 @@ async fn a_refused_key_pauses_the_worker_without_burning_jobs() {
     old.shutdown().await;
     let mut config = portal_api::sim::SimConfig::new("wrong-key-0000");
     config.listen = h.sim_addr;
-    h.sim = Some(portal_api::sim::Simulator::start(config).await.expect("sim again"));
-    wait_for("200 tasks submitted after the key works", Duration::from_secs(20), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await == 200 && h.queue_counts().await.done == 10
-    })
+    h.sim = Some(
+        portal_api::sim::Simulator::start(config)
+            .await
+            .expect("sim again"),
+    );
+    wait_for(
+        "200 tasks submitted after the key works",
+        Duration::from_secs(20),
+        || async {
+            h.status_count(LocalStatus::AwaitingCompletion).await == 200
+                && h.queue_counts().await.done == 10
+        },
+    )
     .await;
     wait_for("/readyz ready again", Duration::from_secs(10), || async {
         matches!(w.get("/readyz").await, Some((200, _)))
@@ -298,9 +366,14 @@ async fn a_completion_landing_between_pull_and_acknowledgement_still_arrives() {
     h.import(&ids).await;
     h.push_submits(&ids, 20).await;
     let mut w = h.spawn_worker();
-    wait_for("submitted and acknowledged", Duration::from_secs(20), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await == 1 && unacknowledged(&h).await == 0
-    })
+    wait_for(
+        "submitted and acknowledged",
+        Duration::from_secs(20),
+        || async {
+            h.status_count(LocalStatus::AwaitingCompletion).await == 1
+                && unacknowledged(&h).await == 0
+        },
+    )
     .await;
     let sim = h.sim();
     let code = sim.task_by_host_id(&ids[0]).expect("on portal").code;
@@ -308,29 +381,49 @@ async fn a_completion_landing_between_pull_and_acknowledgement_still_arrives() {
     // The acknowledgement of the pulled change is slow; the patient
     // completes the task while it is on its way.
     sim.add_fault(
-        fault(portal_api::sim::FaultKind::Latency { ms: Some(1500), min_ms: None, max_ms: None }, "PUT /tasks/@{code}")
-            .times(1),
+        fault(
+            portal_api::sim::FaultKind::Latency {
+                ms: Some(1500),
+                min_ms: None,
+                max_ms: None,
+            },
+            "PUT /tasks/@{code}",
+        )
+        .times(1),
     )
     .expect("fault");
     h.push_pulls(1).await;
-    wait_for("the pulled start written back", Duration::from_secs(10), || async {
-        h.load(&ids[0]).await.portal.is_some_and(|p| p.status == task_model::PortalStatus::InProgress)
-    })
+    wait_for(
+        "the pulled start written back",
+        Duration::from_secs(10),
+        || async {
+            h.load(&ids[0])
+                .await
+                .portal
+                .is_some_and(|p| p.status == task_model::PortalStatus::InProgress)
+        },
+    )
     .await;
     sim.complete_task(&code, json!({"instrument": {"id": "urn:test-instrument", "version": "1.0"}, "values": {"q": {"value": "late"}}}))
         .expect("complete");
-    wait_for("the completion written back", Duration::from_secs(10), || async {
-        h.status_count(LocalStatus::Complete).await == 1
-    })
+    wait_for(
+        "the completion written back",
+        Duration::from_secs(10),
+        || async { h.status_count(LocalStatus::Complete).await == 1 },
+    )
     .await;
-    wait_for("nothing unacknowledged", Duration::from_secs(10), || async {
-        unacknowledged(&h).await == 0
-    })
+    wait_for(
+        "nothing unacknowledged",
+        Duration::from_secs(10),
+        || async { unacknowledged(&h).await == 0 },
+    )
     .await;
     assert!(sim.stats().stale_acknowledgements >= 1, "{:?}", sim.stats());
     let task = h.load(&ids[0]).await;
     assert_eq!(
-        task.portal.and_then(|p| p.assessment).and_then(|a| a.pointer("/values/q/value").cloned()),
+        task.portal
+            .and_then(|p| p.assessment)
+            .and_then(|a| a.pointer("/values/q/value").cloned()),
         Some(json!("late"))
     );
     stop_worker(&mut w).await;
@@ -396,12 +489,16 @@ async fn sigterm_under_load_exits_zero_within_the_grace_and_leaves_nothing_lease
     h.push_submits(&ids, 20).await;
     let mut w = h.spawn_worker();
     wait_for("jobs running", Duration::from_secs(20), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await >= 40 && h.queue_counts().await.running >= 4
+        h.status_count(LocalStatus::AwaitingCompletion).await >= 40
+            && h.queue_counts().await.running >= 4
     })
     .await;
     let asked = std::time::Instant::now();
     w.signal("TERM");
-    let status = w.wait_exit(Duration::from_secs(8)).await.expect("exits within the grace");
+    let status = w
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("exits within the grace");
     let took = asked.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(took <= Duration::from_secs(6), "took {took:?}");
@@ -411,9 +508,11 @@ async fn sigterm_under_load_exits_zero_within_the_grace_and_leaves_nothing_lease
     assert!(q.done < 20, "stopped before the end: {q:?}");
 
     let mut w = h.spawn_worker();
-    wait_for("the rest submitted by a new worker", Duration::from_secs(20), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await == 400
-    })
+    wait_for(
+        "the rest submitted by a new worker",
+        Duration::from_secs(20),
+        || async { h.status_count(LocalStatus::AwaitingCompletion).await == 400 },
+    )
     .await;
     assert_eq!(h.sim().stats().duplicate_submissions, 0);
     stop_worker(&mut w).await;
@@ -425,7 +524,10 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
             let (series, value) = l.rsplit_once(' ').expect("series and value");
-            (series.to_owned(), value.parse::<f64>().expect("numeric value"))
+            (
+                series.to_owned(),
+                value.parse::<f64>().expect("numeric value"),
+            )
         })
         .collect()
 }
@@ -457,17 +559,43 @@ async fn metrics_expose_the_named_series() {
     h.push_submits(&ids, 20).await;
     let mut w = h.spawn_worker();
     w.wait_serving().await;
-    wait_for("40 submitted, 2 jobs done", Duration::from_secs(20), || async {
-        h.status_count(LocalStatus::AwaitingCompletion).await == 40 && h.queue_counts().await.done == 2
-    })
+    wait_for(
+        "40 submitted, 2 jobs done",
+        Duration::from_secs(20),
+        || async {
+            h.status_count(LocalStatus::AwaitingCompletion).await == 40
+                && h.queue_counts().await.done == 2
+        },
+    )
     .await;
     let (status, body) = w.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     let series = parse_metrics(&body);
-    assert_eq!(metric(&series, r#"portal_sync_jobs_total{kind="submit",outcome="succeeded"}"#), 2.0);
-    assert_eq!(metric(&series, r#"portal_sync_jobs_total{kind="submit",outcome="retried"}"#), 1.0);
-    assert_eq!(metric(&series, r#"portal_sync_job_retries_total{kind="submit"}"#), 1.0);
-    assert_eq!(metric(&series, r#"portal_sync_job_duration_seconds_count{kind="submit"}"#), 3.0);
+    assert_eq!(
+        metric(
+            &series,
+            r#"portal_sync_jobs_total{kind="submit",outcome="succeeded"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &series,
+            r#"portal_sync_jobs_total{kind="submit",outcome="retried"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&series, r#"portal_sync_job_retries_total{kind="submit"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &series,
+            r#"portal_sync_job_duration_seconds_count{kind="submit"}"#
+        ),
+        3.0
+    );
     let inf_bucket = series
         .iter()
         .find(|(s, _)| {
@@ -477,15 +605,56 @@ async fn metrics_expose_the_named_series() {
         })
         .map(|(_, v)| *v);
     assert_eq!(inf_bucket, Some(3.0), "the +Inf bucket holds every attempt");
-    assert_eq!(metric(&series, r#"portal_sync_portal_requests_total{endpoint="POST /tasks",status="2xx"}"#), 2.0);
-    assert_eq!(metric(&series, r#"portal_sync_portal_requests_total{endpoint="POST /tasks",status="503"}"#), 1.0);
-    assert_eq!(metric(&series, r#"portal_sync_portal_requests_total{endpoint="PUT /tasks/@{code}",status="2xx"}"#), 40.0);
-    assert!(metric(&series, r#"portal_sync_portal_request_duration_seconds_count{endpoint="POST /tasks"}"#) >= 3.0);
-    assert_eq!(metric(&series, r#"portal_sync_tasks_written_back_total{outcome="applied"}"#), 40.0);
-    assert_eq!(metric(&series, "portal_sync_stale_updates_ignored_total"), 0.0);
-    assert_eq!(metric(&series, r#"portal_sync_queue_jobs{state="pending"}"#), 0.0);
-    assert_eq!(metric(&series, r#"portal_sync_queue_jobs{state="running"}"#), 0.0);
-    assert_eq!(metric(&series, r#"portal_sync_queue_jobs{state="dead"}"#), 0.0);
+    assert_eq!(
+        metric(
+            &series,
+            r#"portal_sync_portal_requests_total{endpoint="POST /tasks",status="2xx"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &series,
+            r#"portal_sync_portal_requests_total{endpoint="POST /tasks",status="503"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &series,
+            r#"portal_sync_portal_requests_total{endpoint="PUT /tasks/@{code}",status="2xx"}"#
+        ),
+        40.0
+    );
+    assert!(
+        metric(
+            &series,
+            r#"portal_sync_portal_request_duration_seconds_count{endpoint="POST /tasks"}"#
+        ) >= 3.0
+    );
+    assert_eq!(
+        metric(
+            &series,
+            r#"portal_sync_tasks_written_back_total{outcome="applied"}"#
+        ),
+        40.0
+    );
+    assert_eq!(
+        metric(&series, "portal_sync_stale_updates_ignored_total"),
+        0.0
+    );
+    assert_eq!(
+        metric(&series, r#"portal_sync_queue_jobs{state="pending"}"#),
+        0.0
+    );
+    assert_eq!(
+        metric(&series, r#"portal_sync_queue_jobs{state="running"}"#),
+        0.0
+    );
+    assert_eq!(
+        metric(&series, r#"portal_sync_queue_jobs{state="dead"}"#),
+        0.0
+    );
     assert_eq!(metric(&series, "portal_sync_worker_ready"), 1.0);
     stop_worker(&mut w).await;
 }
@@ -504,11 +673,127 @@ async fn readyz_flips_when_redis_stops_and_back_when_it_returns() {
         matches!(w.get("/readyz").await, Some((503, body)) if body.contains("\"store\":\"ok\"") && !body.contains("\"redis\":\"ok\""))
     })
     .await;
-    assert!(matches!(w.get("/healthz").await, Some((200, _))), "alive all the same");
+    assert!(
+        matches!(w.get("/healthz").await, Some((200, _))),
+        "alive all the same"
+    );
     h.redis.start_again().expect("start redis");
     wait_for("ready again", Duration::from_secs(15), || async {
         matches!(w.get("/readyz").await, Some((200, _)))
     })
     .await;
     stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_stuck_past_the_grace_are_handed_back_and_the_worker_still_exits_zero() {
+    let mut options = Options {
+        concurrency: 4,
+        shutdown_grace: 1,
+        ..Options::default()
+    };
+    options.sim.faults = vec![latency(30_000, "POST /tasks")];
+    let h = Harness::start(options).await;
+    let ids = task_ids("g", 80);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for(
+        "four jobs stuck in POST",
+        Duration::from_secs(10),
+        || async { h.queue_counts().await.running == 4 },
+    )
+    .await;
+    let asked = std::time::Instant::now();
+    w.signal("TERM");
+    let status = w
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits after the grace");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        asked.elapsed()
+    );
+    let q = h.queue_counts().await;
+    assert_eq!(q.running, 0, "the stuck jobs were handed back: {q:?}");
+    assert_eq!(q.pending + q.scheduled, 4, "{q:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_recovers_a_submission_whose_answer_was_lost() {
+    let mut options = Options {
+        max_attempts: 1,
+        ..Options::default()
+    };
+    options.sim.faults =
+        vec![fault(portal_api::sim::FaultKind::AcceptThenFail, "POST /tasks").times(1)];
+    let h = Harness::start(options).await;
+    let ids = task_ids("f", 20);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for("the submit job dead", Duration::from_secs(10), || async {
+        h.queue_counts().await.dead == 1
+    })
+    .await;
+    assert_eq!(h.status_count(LocalStatus::AwaitingSubmission).await, 20);
+    assert_eq!(
+        h.sim().stats().tasks_total,
+        20,
+        "the portal holds them all the same"
+    );
+    let refresh = task_model::SyncJob::refresh("test-run", ids.clone()).expect("job");
+    h.push_packages(vec![refresh]).await;
+    wait_for(
+        "the portal's codes written back",
+        Duration::from_secs(10),
+        || async { h.status_count(LocalStatus::AwaitingCompletion).await == 20 },
+    )
+    .await;
+    let task = h.load(&ids[3]).await;
+    assert_eq!(
+        task.portal.map(|p| p.code),
+        h.sim().task_by_host_id(&ids[3]).map(|t| t.code)
+    );
+    assert_eq!(h.sim().stats().duplicate_submissions, 0);
+    wait_for(
+        "nothing unacknowledged",
+        Duration::from_secs(10),
+        || async { unacknowledged(&h).await == 0 },
+    )
+    .await;
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut options = Options {
+        concurrency: 2,
+        shutdown_grace: 20,
+        ..Options::default()
+    };
+    options.sim.faults = vec![latency(30_000, "POST /tasks")];
+    let h = Harness::start(options).await;
+    let ids = task_ids("q", 40);
+    h.import(&ids).await;
+    h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker();
+    wait_for("two jobs stuck", Duration::from_secs(10), || async {
+        h.queue_counts().await.running == 2
+    })
+    .await;
+    w.signal("TERM");
+    // The first signal waits for the stuck jobs (up to 20 s); the second does not.
+    assert!(
+        w.wait_exit(Duration::from_millis(500)).await.is_none(),
+        "still in its grace"
+    );
+    w.signal("INT");
+    let status = w
+        .wait_exit(Duration::from_secs(3))
+        .await
+        .expect("exits at once");
+    assert_eq!(status.code(), Some(130));
 }

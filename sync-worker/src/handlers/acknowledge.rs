@@ -19,9 +19,15 @@ const ACK_CONCURRENCY: usize = 8;
 const MAX_ACK_ROUNDS: u32 = 4;
 
 enum AckOutcome {
-    Acknowledged { conflicts: u64, updated: u64 },
+    Acknowledged {
+        conflicts: u64,
+        updated: u64,
+    },
     /// Gone from the portal, not durable, or still changing: left alone.
-    Left { conflicts: u64, updated: u64 },
+    Left {
+        conflicts: u64,
+        updated: u64,
+    },
 }
 
 /// Acknowledges every task in `updates` that is not acknowledged yet. The
@@ -63,7 +69,10 @@ pub(super) async fn acknowledge_all(
     }
 }
 
-async fn acknowledge_one(ctx: &JobContext, mut task: PortalTask) -> Result<AckOutcome, HandlerError> {
+async fn acknowledge_one(
+    ctx: &JobContext,
+    mut task: PortalTask,
+) -> Result<AckOutcome, HandlerError> {
     let mut conflicts = 0;
     let mut updated = 0;
     for _ in 0..MAX_ACK_ROUNDS {

@@ -35,7 +35,12 @@ pub async fn pull_updates(ctx: &JobContext, page: PullPage) -> Result<JobReport,
         let fetched: Vec<_> = found.iter().map(|t| t.host_system_id.clone()).collect();
         apply_and_acknowledge(ctx, found, &mut report).await?;
         let acknowledged = usize::try_from(report.acknowledged - before).unwrap_or(n);
-        tracing::debug!(offset, fetched = fetched.len(), acknowledged, "pulled a page");
+        tracing::debug!(
+            offset,
+            fetched = fetched.len(),
+            acknowledged,
+            "pulled a page"
+        );
         if n < limit {
             break;
         }

@@ -19,8 +19,8 @@
 use std::collections::HashSet;
 
 use portal_api::PortalError;
-use task_model::validate::validate_task;
 use task_model::store::TaskStore;
+use task_model::validate::validate_task;
 use task_model::{HostTask, LocalStatus, PortalTask, TaskId};
 
 use super::acknowledge::acknowledge_all;
@@ -41,7 +41,9 @@ pub async fn submit_package(
                     Ok(()) => pending.push(task.task),
                     Err(errors) => {
                         tracing::info!(task_id = %task.id(), "task fails validation; not submitted");
-                        ctx.store.record_error(task.id(), &errors.to_string()).await?;
+                        ctx.store
+                            .record_error(task.id(), &errors.to_string())
+                            .await?;
                         report.rejected += 1;
                     }
                 }
@@ -53,7 +55,9 @@ pub async fn submit_package(
             Err(row) => {
                 tracing::warn!(task_id = %row.task_id(), error = %row, "task cannot be loaded; skipped");
                 if matches!(row, task_model::store::RowError::BadColumn { .. }) {
-                    ctx.store.record_error(row.task_id(), &row.to_string()).await?;
+                    ctx.store
+                        .record_error(row.task_id(), &row.to_string())
+                        .await?;
                 }
                 report.skipped += 1;
             }
@@ -80,7 +84,10 @@ pub async fn submit_package(
                 report.submitted += created.len() as u64;
                 let sent: HashSet<&str> =
                     package.iter().map(|t| t.host_system_id.as_str()).collect();
-                for t in created.iter().filter(|t| !sent.contains(t.host_system_id.as_str())) {
+                for t in created
+                    .iter()
+                    .filter(|t| !sent.contains(t.host_system_id.as_str()))
+                {
                     tracing::warn!(task_id = %t.host_system_id, "portal answered with a task we did not send");
                 }
                 answers.extend(created);
@@ -111,11 +118,17 @@ pub async fn submit_package(
                     let t = &package[0];
                     tracing::info!(task_id = %t.host_system_id, "portal rejected the task");
                     ctx.store
-                        .record_error(&t.host_system_id, &format!("portal rejected the task: {message}"))
+                        .record_error(
+                            &t.host_system_id,
+                            &format!("portal rejected the task: {message}"),
+                        )
                         .await?;
                     report.rejected += 1;
                 } else {
-                    tracing::debug!(size = package.len(), "portal rejected the package; splitting it");
+                    tracing::debug!(
+                        size = package.len(),
+                        "portal rejected the package; splitting it"
+                    );
                     split_into(package, &mut packages);
                 }
             }
@@ -150,7 +163,11 @@ async fn take_already_submitted(
         let ids: Vec<&str> = held.iter().map(String::as_str).collect();
         tracing::info!(task_ids = ?ids, "tasks already on the portal; recorded as submitted, not sent again");
     }
-    answers.extend(found.into_iter().filter(|t| held.contains(&t.host_system_id)));
+    answers.extend(
+        found
+            .into_iter()
+            .filter(|t| held.contains(&t.host_system_id)),
+    );
     Ok(held.len() as u64)
 }
 

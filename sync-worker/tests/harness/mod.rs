@@ -125,7 +125,8 @@ impl Harness {
             .expect("settings file");
         let settings = Settings::load(&settings_path, &Env::empty()).expect("settings load");
         let queue = JobQueue::connect(
-            sync_worker::settings::queue_config(&settings, QUEUE_NAME, 1, None).expect("queue config"),
+            sync_worker::settings::queue_config(&settings, QUEUE_NAME, 1, None)
+                .expect("queue config"),
         )
         .await
         .expect("queue");
@@ -162,7 +163,11 @@ impl Harness {
             .import(std::io::Cursor::new(ndjson))
             .await
             .expect("import");
-        assert!(report.errors.is_empty(), "import errors: {:?}", report.errors);
+        assert!(
+            report.errors.is_empty(),
+            "import errors: {:?}",
+            report.errors
+        );
     }
 
     /// Leases the packages under fresh job ids and pushes them, as the
@@ -176,7 +181,12 @@ impl Harness {
             let id = ulid_like();
             if !job.task_ids.is_empty() {
                 self.store
-                    .lease(LeaseRequest::new(job.task_ids.clone(), id.clone(), until, now))
+                    .lease(LeaseRequest::new(
+                        job.task_ids.clone(),
+                        id.clone(),
+                        until,
+                        now,
+                    ))
                     .await
                     .expect("lease");
             }
@@ -227,7 +237,12 @@ impl Harness {
     }
 
     pub async fn status_count(&self, status: LocalStatus) -> u64 {
-        self.counts().await.by_status.get(&status).copied().unwrap_or(0)
+        self.counts()
+            .await
+            .by_status
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub async fn queue_counts(&self) -> QueueCounts {
@@ -321,7 +336,9 @@ impl WorkerProcess {
 /// A minimal HTTP/1.1 GET, enough for the worker's own endpoints.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
@@ -331,7 +348,10 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
         Some((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Polls `cond` every 25 ms until it holds; panics after `timeout`.
@@ -345,7 +365,10 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
