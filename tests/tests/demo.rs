@@ -28,14 +28,28 @@ fn portal_sync_binary() -> PathBuf {
     let target_dir = profile_dir.parent().expect("profile dir has a parent");
     let mut build = Command::new(env!("CARGO"));
     build
-        .args(["build", "-p", "enqueue-cli", "--bin", "portal-sync", "--target-dir"])
+        .args([
+            "build",
+            "-p",
+            "enqueue-cli",
+            "--bin",
+            "portal-sync",
+            "--target-dir",
+        ])
         .arg(target_dir);
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
     let status = build.status().expect("running cargo build for portal-sync");
-    assert!(status.success(), "cargo build -p enqueue-cli failed: {status}");
-    assert!(path.exists(), "portal-sync not at {} after building", path.display());
+    assert!(
+        status.success(),
+        "cargo build -p enqueue-cli failed: {status}"
+    );
+    assert!(
+        path.exists(),
+        "portal-sync not at {} after building",
+        path.display()
+    );
     path
 }
 
@@ -85,13 +99,21 @@ fn demo_submits_every_valid_task_once_and_writes_back_every_completion() {
     let demo_dir = work.path().join("demo");
 
     let mut cmd = Command::new(portal_sync_binary());
-    cmd.args(["demo", "--tasks", "200", "--json", "--timeout", "30", "--dir"])
-        .arg(&demo_dir)
-        // No settings file here, and none from the environment: the demo
-        // must take the Redis it is given.
-        .current_dir(work.path())
-        .env("REDIS_URL", redis.url())
-        .env_remove("PORTAL_SYNC_CONFIG");
+    cmd.args([
+        "demo",
+        "--tasks",
+        "200",
+        "--json",
+        "--timeout",
+        "30",
+        "--dir",
+    ])
+    .arg(&demo_dir)
+    // No settings file here, and none from the environment: the demo
+    // must take the Redis it is given.
+    .current_dir(work.path())
+    .env("REDIS_URL", redis.url())
+    .env_remove("PORTAL_SYNC_CONFIG");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("PORTAL_SYNC__") {
             cmd.env_remove(name);
@@ -108,7 +130,10 @@ fn demo_submits_every_valid_task_once_and_writes_back_every_completion() {
         summary["checks"]
     );
     assert_eq!(summary["outcome"], "ok");
-    assert_eq!(summary["redis_origin"], "env", "used the Redis it was given");
+    assert_eq!(
+        summary["redis_origin"], "env",
+        "used the Redis it was given"
+    );
     for check in summary["checks"].as_array().expect("checks") {
         assert_eq!(check["ok"], true, "{check}");
     }
@@ -152,7 +177,10 @@ fn demo_submits_every_valid_task_once_and_writes_back_every_completion() {
     runtime.block_on(async {
         let url = format!("sqlite://{}", demo_dir.join("demo.db").display());
         let store = open_store(&url).await.expect("the demo's store opens");
-        let counts = store.counts(chrono::Utc::now()).await.expect("store counts");
+        let counts = store
+            .counts(chrono::Utc::now())
+            .await
+            .expect("store counts");
         let by = |s: LocalStatus| counts.by_status.get(&s).copied().unwrap_or(0);
         assert_eq!(counts.total, tasks);
         assert_eq!(by(LocalStatus::AwaitingSubmission), invalid);

@@ -231,7 +231,11 @@ async fn run_on(
         .await
         .map_err(|e| CommandError::store(&store_url, e))?;
     if imported.inserted + imported.updated != total {
-        let first = imported.errors.first().map(|e| e.to_string()).unwrap_or_default();
+        let first = imported
+            .errors
+            .first()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         return Err(CommandError::Usage {
             message: format!(
                 "seeding the store stored {} of {total} sample tasks: {first}",
@@ -282,9 +286,7 @@ async fn run_on(
     bar.finish_and_clear();
 
     let mut summary = match driven {
-        Ok(measures) => {
-            build_summary(&samples, &store, &store_url, &queue, &sim, measures).await
-        }
+        Ok(measures) => build_summary(&samples, &store, &store_url, &queue, &sim, measures).await,
         Err(e) => Err(e),
     };
     if let Ok(s) = &mut summary {
@@ -294,7 +296,11 @@ async fn run_on(
         s.redis_origin = redis.origin_name();
         s.portal_url = sim.url().to_owned();
         s.workers = workers.handles.len();
-        s.worker_urls = workers.addrs.iter().map(|a| format!("http://{a}")).collect();
+        s.worker_urls = workers
+            .addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
         s.wall_time_ms = millis(started.elapsed());
     }
 
@@ -388,7 +394,11 @@ impl DemoFolder {
 
     /// The demo's settings, through the one loader, also written to
     /// `portal-sync.yaml` in the folder (owner-only: it holds the demo key).
-    fn write_settings(&self, portal_url: &str, redis: &DemoRedis) -> Result<Settings, CommandError> {
+    fn write_settings(
+        &self,
+        portal_url: &str,
+        redis: &DemoRedis,
+    ) -> Result<Settings, CommandError> {
         let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
         let store_url = format!("sqlite://{}", self.path.join(STORE_FILE).display());
         let text = format!(
@@ -404,10 +414,11 @@ impl DemoFolder {
             store = quote(&store_url),
         );
         let path = self.path.join(SETTINGS_FILE);
-        let settings =
-            Settings::from_yaml(&text, &path, &Env::empty()).map_err(|e| CommandError::Settings {
+        let settings = Settings::from_yaml(&text, &path, &Env::empty()).map_err(|e| {
+            CommandError::Settings {
                 lines: e.to_string().lines().map(str::to_string).collect(),
-            })?;
+            }
+        })?;
         write_private_file(&path, text.as_bytes()).map_err(|source| CommandError::Input {
             what: format!("the demo settings {}", path.display()),
             source,
@@ -481,12 +492,17 @@ impl Workers {
     }
 }
 
-async fn build_worker(settings: &Settings, store: &AnyStore, i: u64) -> Result<Worker, CommandError> {
-    let config = sync_worker::settings::queue_config(settings, QUEUE_NAME, WORKER_CONCURRENCY, None)
-        .map_err(|source| CommandError::Queue {
-            action: "configuring a demo worker's queue",
-            source,
-        })?;
+async fn build_worker(
+    settings: &Settings,
+    store: &AnyStore,
+    i: u64,
+) -> Result<Worker, CommandError> {
+    let config =
+        sync_worker::settings::queue_config(settings, QUEUE_NAME, WORKER_CONCURRENCY, None)
+            .map_err(|source| CommandError::Queue {
+                action: "configuring a demo worker's queue",
+                source,
+            })?;
     let queue = JobQueue::connect(config)
         .await
         .map_err(|source| CommandError::Queue {
@@ -739,10 +755,7 @@ async fn build_summary(
             .await
             .map_err(|e| CommandError::store(store_url, e))?;
         for (id, item) in chunk.iter().zip(loaded) {
-            let local = match item {
-                Ok(task) => Some(task),
-                Err(_) => None,
-            };
+            let local = item.ok();
             let remote = handle.task_by_host_id(id);
             if remote.is_some() {
                 found_on_portal += 1;
@@ -780,7 +793,9 @@ async fn build_summary(
             let agrees = match (&local.portal, &remote) {
                 (None, None) => local.status == LocalStatus::AwaitingSubmission,
                 (Some(state), Some(r)) => {
-                    state.code == r.code && state.status == r.status && local_matches(local.status, r.status)
+                    state.code == r.code
+                        && state.status == r.status
+                        && local_matches(local.status, r.status)
                 }
                 _ => false,
             };
@@ -814,13 +829,10 @@ async fn build_summary(
         .counts(Utc::now())
         .await
         .map_err(|e| CommandError::store(store_url, e))?;
-    let q = queue
-        .counts()
-        .await
-        .map_err(|source| CommandError::Queue {
-            action: "reading the queue counts",
-            source,
-        })?;
+    let q = queue.counts().await.map_err(|source| CommandError::Queue {
+        action: "reading the queue counts",
+        source,
+    })?;
     let valid = samples.valid() as u64;
     let invalid_n = samples.invalid.len() as u64;
     let duplicates = stats.tasks_total.saturating_sub(found_on_portal);
@@ -838,25 +850,37 @@ async fn build_summary(
         Check {
             name: "every valid task submitted",
             ok: submitted == valid,
-            detail: format!("{submitted} of {valid} valid tasks are on the portal and in the store as submitted"),
+            detail: format!(
+                "{submitted} of {valid} valid tasks are on the portal and in the store as submitted"
+            ),
         },
         Check {
             name: "every invalid task rejected with its reason",
-            ok: rejected.len() as u64 == invalid_n
-                && rejected.iter().all(|r| !r.reason.is_empty()),
+            ok: rejected.len() as u64 == invalid_n && rejected.iter().all(|r| !r.reason.is_empty()),
             detail: if invalid_submitted.is_empty() {
-                format!("{} of {invalid_n} held back, each with the error recorded", rejected.len())
+                format!(
+                    "{} of {invalid_n} held back, each with the error recorded",
+                    rejected.len()
+                )
             } else {
-                format!("submitted although invalid: {}", invalid_submitted.join(", "))
+                format!(
+                    "submitted although invalid: {}",
+                    invalid_submitted.join(", ")
+                )
             },
         },
         Check {
             name: "every completion written back",
             ok: completed_written_back == completed_on_portal && mismatch_count == 0,
             detail: if mismatch_count == 0 {
-                format!("{completed_written_back} of {completed_on_portal} completed on the portal are complete in the store; every task's state agrees")
+                format!(
+                    "{completed_written_back} of {completed_on_portal} completed on the portal are complete in the store; every task's state agrees"
+                )
             } else {
-                format!("{mismatch_count} tasks disagree with the portal: {}", mismatched.join(", "))
+                format!(
+                    "{mismatch_count} tasks disagree with the portal: {}",
+                    mismatched.join(", ")
+                )
             },
         },
         Check {
@@ -935,7 +959,9 @@ async fn build_summary(
 /// The local status a portal status must have produced.
 fn local_matches(local: LocalStatus, portal: PortalStatus) -> bool {
     match portal {
-        PortalStatus::Waiting | PortalStatus::InProgress => local == LocalStatus::AwaitingCompletion,
+        PortalStatus::Waiting | PortalStatus::InProgress => {
+            local == LocalStatus::AwaitingCompletion
+        }
         PortalStatus::Complete => local == LocalStatus::Complete,
         PortalStatus::Cancelled => local == LocalStatus::Cancelled,
     }

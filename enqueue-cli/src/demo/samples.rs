@@ -52,8 +52,22 @@ const FIRST_NAMES: [&str; 16] = [
     "Freya", "Daniel", "Leila", "Tomás", "Grace", "Nikhil",
 ];
 const LAST_NAMES: [&str; 16] = [
-    "Chen", "Okafor", "Novak", "García", "Lindqvist", "Haddad", "Murphy", "Tanaka", "Rossi",
-    "Schmidt", "Adeyemi", "Kowalski", "Dubois", "Singh", "Walker", "Moreau",
+    "Chen",
+    "Okafor",
+    "Novak",
+    "García",
+    "Lindqvist",
+    "Haddad",
+    "Murphy",
+    "Tanaka",
+    "Rossi",
+    "Schmidt",
+    "Adeyemi",
+    "Kowalski",
+    "Dubois",
+    "Singh",
+    "Walker",
+    "Moreau",
 ];
 const VISITS: [&str; 4] = ["baseline", "week-4", "week-12", "follow-up"];
 
@@ -127,7 +141,7 @@ pub fn generate(n: usize, seed: u64) -> Samples {
         .collect();
     let bad = invalid_count(n);
     // Spread the invalid ones evenly, starting a little way in.
-    let bad_every = if bad == 0 { usize::MAX } else { n / bad };
+    let bad_every = n.checked_div(bad);
     let mut tasks = Vec::with_capacity(n);
     let mut invalid = Vec::with_capacity(bad);
     let mut subject_seq = 0usize;
@@ -138,7 +152,7 @@ pub fn generate(n: usize, seed: u64) -> Samples {
         let spec = &INSTRUMENTS[which];
         let (instrument, form) = &documents[which];
         let id = format!("demo-{:06}-{}", i + 1, spec.slug);
-        let is_bad = bad_every != usize::MAX && i % bad_every == bad_every / 2 && invalid.len() < bad;
+        let is_bad = bad_every.is_some_and(|every| i % every == every / 2 && invalid.len() < bad);
 
         let subject_value = if is_bad {
             subject_seq += 1;
