@@ -17,8 +17,10 @@ use task_model::store::{TaskStore, open_store};
 const CHILD_LIMIT: Duration = Duration::from_secs(60);
 
 /// `portal-sync` next to this test's target directory. `cargo nextest run
-/// --workspace` builds it; when only this package was built, build it now
-/// with the same cargo, profile and target directory.
+/// --workspace` builds it fresh; when only this package was built and the
+/// binary is missing, it is built now with the same cargo, profile and target
+/// directory (with `-p tests` alone, an existing binary is used as it is:
+/// build `-p enqueue-cli` first).
 fn portal_sync_binary() -> PathBuf {
     let path = sibling_binary("portal-sync");
     if path.exists() {

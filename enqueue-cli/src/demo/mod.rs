@@ -78,9 +78,10 @@ const SETTINGS_FILE: &str = "portal-sync.yaml";
 /// Flags of `portal-sync demo`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Sample tasks to generate (a few of them invalid on purpose).
+    /// Sample tasks to generate (a few of them invalid on purpose), at most
+    /// 100,000.
     #[arg(long, value_name = "N", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub tasks: u64,
 
     /// In-process sync workers.
@@ -195,8 +196,11 @@ async fn run_on(
     say: &Say,
     started: Instant,
 ) -> Result<DemoSummary, CommandError> {
-    let samples = samples::generate(usize::try_from(args.tasks).unwrap_or(usize::MAX), args.seed);
-    let total = samples.tasks.len() as u64;
+    let samples = std::sync::Arc::new(samples::generate(
+        usize::try_from(args.tasks).unwrap_or(usize::MAX),
+        args.seed,
+    ));
+    let total = samples.len() as u64;
     let valid = samples.valid() as u64;
 
     let patients = PatientsMode {
@@ -223,11 +227,8 @@ async fn run_on(
     let settings = folder.write_settings(sim.url(), redis)?;
     let store = crate::context::open_task_store(&settings).await?;
     let store_url = settings.store.url.redacted().to_string();
-    let ndjson = samples.to_ndjson().map_err(|e| CommandError::Usage {
-        message: format!("cannot encode the sample tasks: {e}"),
-    })?;
     let imported = store
-        .import(std::io::Cursor::new(ndjson))
+        .import(samples::SampleReader::new(samples.clone()))
         .await
         .map_err(|e| CommandError::store(&store_url, e))?;
     if imported.inserted + imported.updated != total {
@@ -744,11 +745,7 @@ async fn build_summary(
     let mut rejected = Vec::new();
     let mut invalid_submitted = Vec::new();
 
-    let ids: Vec<String> = samples
-        .tasks
-        .iter()
-        .map(|t| t.host_system_id.clone())
-        .collect();
+    let ids: Vec<String> = samples.ids().map(str::to_owned).collect();
     for chunk in ids.chunks(500) {
         let loaded = store
             .load(chunk)
@@ -910,7 +907,7 @@ async fn build_summary(
         portal_url: String::new(),
         workers: 0,
         worker_urls: Vec::new(),
-        tasks: samples.tasks.len() as u64,
+        tasks: samples.len() as u64,
         valid,
         invalid: invalid_n,
         submitted,

@@ -98,27 +98,105 @@ impl Defect {
     }
 }
 
-/// The generated tasks, and which of them are invalid on purpose.
+/// One sample task, before its documents are attached.
+#[derive(Clone, Debug)]
+struct Planned {
+    id: String,
+    instrument: usize,
+    subject: Subject,
+    visit: &'static str,
+    defect: Option<Defect>,
+}
+
+/// The generated tasks, and which of them are invalid on purpose. Tasks are
+/// kept without their documents and built one at a time
+/// ([`Samples::task`], [`SampleReader`]), so memory stays small however many
+/// there are.
 #[derive(Debug)]
 pub struct Samples {
-    pub tasks: Vec<HostTask>,
+    planned: Vec<Planned>,
+    /// (instrument, form) per entry of [`INSTRUMENTS`].
+    documents: Vec<(Value, Value)>,
     /// (task id, defect) of every deliberately invalid task.
     pub invalid: Vec<(String, Defect)>,
 }
 
 impl Samples {
-    pub fn valid(&self) -> usize {
-        self.tasks.len() - self.invalid.len()
+    pub fn len(&self) -> usize {
+        self.planned.len()
     }
 
-    /// The tasks as NDJSON, the format `portal-sync import` reads.
-    pub fn to_ndjson(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let mut out = Vec::with_capacity(self.tasks.len() * 4096);
-        for task in &self.tasks {
-            serde_json::to_writer(&mut out, task)?;
-            out.push(b'\n');
+    pub fn is_empty(&self) -> bool {
+        self.planned.is_empty()
+    }
+
+    pub fn valid(&self) -> usize {
+        self.planned.len() - self.invalid.len()
+    }
+
+    /// Every task id, in generation order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.planned.iter().map(|p| p.id.as_str())
+    }
+
+    /// The `i`-th task, whole.
+    pub fn task(&self, i: usize) -> Option<HostTask> {
+        let p = self.planned.get(i)?;
+        let spec = &INSTRUMENTS[p.instrument];
+        let (instrument, form) = &self.documents[p.instrument];
+        let mut task = HostTask {
+            host_system_id: p.id.clone(),
+            display_name: spec.display_name.to_owned(),
+            instrument: instrument.clone(),
+            form: form.clone(),
+            subject: p.subject.clone(),
+            parameters: Some(json!({ "visit": p.visit })),
+            assessment: None,
+        };
+        if let Some(defect) = p.defect {
+            apply_defect(&mut task, defect);
         }
-        Ok(out)
+        Some(task)
+    }
+}
+
+/// The tasks as NDJSON (the format `portal-sync import` reads), one line
+/// built at a time.
+#[derive(Debug)]
+pub struct SampleReader {
+    samples: std::sync::Arc<Samples>,
+    next: usize,
+    line: Vec<u8>,
+    at: usize,
+}
+
+impl SampleReader {
+    pub fn new(samples: std::sync::Arc<Samples>) -> SampleReader {
+        SampleReader {
+            samples,
+            next: 0,
+            line: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for SampleReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.line.len() {
+            let Some(task) = self.samples.task(self.next) else {
+                return Ok(0);
+            };
+            self.next += 1;
+            self.line.clear();
+            self.at = 0;
+            serde_json::to_writer(&mut self.line, &task).map_err(std::io::Error::other)?;
+            self.line.push(b'\n');
+        }
+        let n = out.len().min(self.line.len() - self.at);
+        out[..n].copy_from_slice(&self.line[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -142,7 +220,7 @@ pub fn generate(n: usize, seed: u64) -> Samples {
     let bad = invalid_count(n);
     // Spread the invalid ones evenly, starting a little way in.
     let bad_every = n.checked_div(bad);
-    let mut tasks = Vec::with_capacity(n);
+    let mut planned = Vec::with_capacity(n);
     let mut invalid = Vec::with_capacity(bad);
     let mut subject_seq = 0usize;
     let mut user_seq = 0usize;
@@ -150,7 +228,6 @@ pub fn generate(n: usize, seed: u64) -> Samples {
     for i in 0..n {
         let which = rng.random_range(0..INSTRUMENTS.len());
         let spec = &INSTRUMENTS[which];
-        let (instrument, form) = &documents[which];
         let id = format!("demo-{:06}-{}", i + 1, spec.slug);
         let is_bad = bad_every.is_some_and(|every| i % every == every / 2 && invalid.len() < bad);
 
@@ -180,23 +257,23 @@ pub fn generate(n: usize, seed: u64) -> Samples {
             }
         };
 
-        let mut task = HostTask {
-            host_system_id: id.clone(),
-            display_name: spec.display_name.to_owned(),
-            instrument: instrument.clone(),
-            form: form.clone(),
-            subject: subject_value,
-            parameters: Some(json!({ "visit": VISITS[i % VISITS.len()] })),
-            assessment: None,
-        };
-        if is_bad {
-            let defect = Defect::ALL[invalid.len() % Defect::ALL.len()];
-            apply_defect(&mut task, defect);
-            invalid.push((id, defect));
+        let defect = is_bad.then(|| Defect::ALL[invalid.len() % Defect::ALL.len()]);
+        if let Some(defect) = defect {
+            invalid.push((id.clone(), defect));
         }
-        tasks.push(task);
+        planned.push(Planned {
+            id,
+            instrument: which,
+            subject: subject_value,
+            visit: VISITS[i % VISITS.len()],
+            defect,
+        });
     }
-    Samples { tasks, invalid }
+    Samples {
+        planned,
+        documents,
+        invalid,
+    }
 }
 
 fn parse_document(text: &'static str) -> Value {
@@ -287,11 +364,11 @@ mod tests {
     #[test]
     fn valid_samples_pass_validation_and_invalid_ones_fail_for_their_defect() {
         let samples = generate(1000, 7);
-        assert_eq!(samples.tasks.len(), 1000);
+        assert_eq!(samples.len(), 1000);
         assert_eq!(samples.invalid.len(), 5);
         let bad: std::collections::HashMap<_, _> = samples.invalid.iter().cloned().collect();
-        for task in &samples.tasks {
-            let result = validate_task(task);
+        for task in (0..samples.len()).map(|i| samples.task(i).expect("task")) {
+            let result = validate_task(&task);
             match bad.get(&task.host_system_id) {
                 None => assert!(result.is_ok(), "{}: {result:?}", task.host_system_id),
                 Some(defect) => {
@@ -313,13 +390,10 @@ mod tests {
     #[test]
     fn subjects_have_one_or_two_users_and_ids_are_unique() {
         let samples = generate(300, 1);
-        let ids: std::collections::HashSet<_> =
-            samples.tasks.iter().map(|t| &t.host_system_id).collect();
+        let ids: std::collections::HashSet<_> = samples.ids().collect();
         assert_eq!(ids.len(), 300);
-        let counts: std::collections::BTreeSet<_> = samples
-            .tasks
-            .iter()
-            .map(|t| t.subject.users.len())
+        let counts: std::collections::BTreeSet<_> = (0..samples.len())
+            .map(|i| samples.task(i).expect("task").subject.users.len())
             .collect();
         assert!(counts.contains(&1) && counts.contains(&2), "{counts:?}");
         assert!(counts.iter().all(|n| *n <= 2));
@@ -327,8 +401,22 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic_per_seed() {
-        let a = generate(50, 3).to_ndjson().expect("json");
-        let b = generate(50, 3).to_ndjson().expect("json");
-        assert_eq!(a, b);
+        let ndjson = |seed| {
+            let mut out = String::new();
+            std::io::Read::read_to_string(
+                &mut SampleReader::new(std::sync::Arc::new(generate(50, seed))),
+                &mut out,
+            )
+            .expect("reads");
+            out
+        };
+        let a = ndjson(3);
+        assert_eq!(a, ndjson(3));
+        assert_ne!(a, ndjson(4));
+        assert_eq!(a.lines().count(), 50);
+        for line in a.lines() {
+            let task: HostTask = serde_json::from_str(line).expect("each line is a host task");
+            assert!(task.host_system_id.starts_with("demo-"));
+        }
     }
 }
