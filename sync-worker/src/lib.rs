@@ -19,6 +19,7 @@
 //! enqueue`), or retry by itself (the queue reschedules failed jobs).
 
 pub mod auth_gate;
+pub mod dashboard;
 pub mod handlers;
 pub mod http;
 pub mod identity;

@@ -49,8 +49,8 @@ struct Cli {
     /// (killed, frozen) before another worker takes it over (default 30).
     #[arg(long, value_name = "SECONDS")]
     lease_timeout: Option<f64>,
-    /// Serve the queue dashboard on the HTTP listener (not available in this
-    /// build; see the crate documentation).
+    /// Serve the queue dashboard (apalis-board UI and API) on the HTTP
+    /// listener, behind `worker.dashboard_token` when that is set.
     #[arg(long)]
     dashboard: bool,
 }
@@ -90,11 +90,6 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     sync_worker::signals::spawn_signal_listener(shutdown.clone())
         .context("installing the SIGTERM/SIGINT handlers")?;
-    if cli.dashboard {
-        anyhow::bail!(
-            "--dashboard: the queue dashboard is not part of this build yet (see sync-worker's crate documentation)"
-        );
-    }
     let auth_probe_every = Duration::try_from_secs_f64(cli.auth_retry_interval)
         .ok()
         .filter(|d| !d.is_zero())
@@ -115,6 +110,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         http_bind: cli.http_bind,
         auth_probe_every,
         lease_timeout,
+        dashboard: cli.dashboard,
         identity: identity.clone(),
     };
     let worker = tokio::select! {
@@ -122,7 +118,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         _ = shutdown.cancelled() => return Ok(()),
     };
     if let Some(addr) = worker.http_addr() {
-        tracing::info!(worker = %identity, http = %addr, "serving /healthz, /readyz, /metrics");
+        tracing::info!(worker = %identity, http = %addr, dashboard = cli.dashboard, "serving /healthz, /readyz, /metrics");
     }
     worker.run(shutdown).await.context("running the worker")?;
     Ok(())

@@ -144,6 +144,8 @@ pub struct Overrides {
     pub auth_probe_every: Duration,
     /// Job lease lifetime without renewal (the queue's default otherwise).
     pub lease_timeout: Option<Duration>,
+    /// Serve the queue dashboard on the HTTP listener.
+    pub dashboard: bool,
     pub identity: WorkerIdentity,
 }
 
@@ -183,7 +185,14 @@ impl Worker {
             limits: crate::settings::job_limits(settings, overrides.auth_probe_every),
             auth_probe_every: overrides.auth_probe_every,
         };
-        Worker::new(queue, store, client, rate_limit, options).await
+        let dashboard = overrides.dashboard.then(|| {
+            crate::dashboard::dashboard_routes(&queue, settings.worker.dashboard_token.clone())
+        });
+        let worker = Worker::new(queue, store, client, rate_limit, options).await?;
+        Ok(match dashboard {
+            Some(routes) => worker.with_routes(routes),
+            None => worker,
+        })
     }
 
     /// Builds a worker from its parts and binds its HTTP server (if any).

@@ -797,3 +797,80 @@ async fn a_second_signal_exits_at_once() {
         .expect("exits at once");
     assert_eq!(status.code(), Some(130));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_real_numbers_behind_its_token() {
+    let h = Harness::start(Options {
+        dashboard_token: Some("board-token-42".to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let ids = task_ids("b", 60);
+    h.import(&ids).await;
+    let jobs = h.push_submits(&ids, 20).await;
+    let mut w = h.spawn_worker_with(&["--dashboard"]);
+    w.wait_serving().await;
+    wait_for("3 jobs done", Duration::from_secs(20), || async {
+        h.queue_counts().await.done == 3
+    })
+    .await;
+    let auth = "Authorization: Bearer board-token-42\r\n";
+    let get =
+        |path: &'static str, headers: &'static str| harness::http_get_with(w.port, path, headers);
+
+    assert_eq!(
+        get("/api/v1/queues", "").await.map(|r| r.0),
+        Some(401),
+        "no token, no dashboard"
+    );
+    assert_eq!(
+        get("/api/v1/queues", "Authorization: Bearer wrong\r\n")
+            .await
+            .map(|r| r.0),
+        Some(401)
+    );
+    assert_eq!(
+        get("/healthz", "").await.map(|r| r.0),
+        Some(200),
+        "health is never behind the token"
+    );
+
+    let (status, body) = get("/api/v1/queues", auth).await.expect("queues");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sync-jobs"), "{body}");
+    let (status, body) = get("/api/v1/queues/sync-jobs/tasks", auth)
+        .await
+        .expect("tasks");
+    assert_eq!(status, 200, "{body}");
+    for id in &jobs {
+        assert!(body.contains(id.as_str()), "job {id} listed: {body}");
+    }
+    assert!(
+        !body.contains("example.org"),
+        "no personal data in the dashboard"
+    );
+    let (status, body) = get("/api/v1/workers", auth).await.expect("workers");
+    assert_eq!(status, 200, "{body}");
+    let workers: serde_json::Value = serde_json::from_str(&body).expect("workers JSON");
+    assert_eq!(workers.as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(workers[0]["queue"], "sync-jobs", "{body}");
+    let (status, body) = get("/api/v1/overview", auth).await.expect("overview");
+    assert_eq!(status, 200, "{body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("overview JSON");
+    let stat = |title: &str| {
+        overview
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["title"] == title))
+            .map(|s| s["value"].clone())
+    };
+    assert_eq!(stat("DONE_JOBS"), Some(json!("3")), "{body}");
+    assert_eq!(stat("WORKERS"), Some(json!("1")), "{body}");
+    let (status, body) = get("/", auth).await.expect("ui");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<html") || body.contains("<!DOCTYPE") || body.contains("<!doctype"),
+        "the UI page: {}",
+        &body[..body.len().min(200)]
+    );
+    stop_worker(&mut w).await;
+}

@@ -36,6 +36,7 @@ pub struct Options {
     pub shutdown_grace: u64,
     pub portal_timeout: u64,
     pub job_timeout: u64,
+    pub dashboard_token: Option<String>,
 }
 
 impl Default for Options {
@@ -51,6 +52,7 @@ impl Default for Options {
             shutdown_grace: 10,
             portal_timeout: 5,
             job_timeout: 60,
+            dashboard_token: None,
         }
     }
 }
@@ -120,6 +122,10 @@ impl Harness {
             base = options.backoff_base,
             cap = options.backoff_cap,
         );
+        let yaml = match &options.dashboard_token {
+            Some(t) => format!("{yaml}  dashboard_token: {t}\n"),
+            None => yaml,
+        };
         std::fs::File::create(&settings_path)
             .and_then(|mut f| f.write_all(yaml.as_bytes()))
             .expect("settings file");
@@ -335,11 +341,17 @@ impl WorkerProcess {
 
 /// A minimal HTTP/1.1 GET, enough for the worker's own endpoints.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, "").await
+}
+
+/// [`http_get`] with extra header lines (each ending in CRLF).
+pub async fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
