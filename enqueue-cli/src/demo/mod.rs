@@ -160,7 +160,19 @@ pub async fn run_demo(
     }
     say.line(&format!("redis: {}", redis.describe()));
 
-    let result = run_on(&folder, &redis, args, output, &say, started).await;
+    // Ctrl-C ends the run early but cleanly: the workers stop, the private
+    // Redis goes, the summary says it was interrupted.
+    let interrupt = CancellationToken::new();
+    let listener = {
+        let interrupt = interrupt.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupt.cancel();
+            }
+        })
+    };
+    let result = run_on(&folder, &redis, args, output, &say, started, &interrupt).await;
+    listener.abort();
     if let Some(note) = redis.finish().await {
         say.line(&note);
     }
@@ -195,6 +207,7 @@ async fn run_on(
     output: Output,
     say: &Say,
     started: Instant,
+    interrupt: &CancellationToken,
 ) -> Result<DemoSummary, CommandError> {
     let samples = std::sync::Arc::new(samples::generate(
         usize::try_from(args.tasks).unwrap_or(usize::MAX),
@@ -279,12 +292,29 @@ async fn run_on(
         settings: &settings,
         bar: &bar,
         deadline: Instant::now() + Duration::from_secs(args.timeout),
+        interrupt,
         invalid: samples.invalid.len() as u64,
         enqueue_runs: 0,
         last_enqueue: None,
     };
     let driven = run.drive().await;
     bar.finish_and_clear();
+
+    // The comparison runs over a quiet system: the workers are stopped
+    // first (with --keep-running they stay, idle once the queue drained).
+    let worker_count = workers.handles.len();
+    let worker_urls: Vec<String> = workers
+        .addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    let mut running = Some(workers);
+    let mut stopped = None;
+    if !args.keep_running
+        && let Some(w) = running.take()
+    {
+        stopped = Some(w.stop().await);
+    }
 
     let mut summary = match driven {
         Ok(measures) => build_summary(&samples, &store, &store_url, &queue, &sim, measures).await,
@@ -296,12 +326,8 @@ async fn run_on(
         s.redis = redis.describe();
         s.redis_origin = redis.origin_name();
         s.portal_url = sim.url().to_owned();
-        s.workers = workers.handles.len();
-        s.worker_urls = workers
-            .addrs
-            .iter()
-            .map(|a| format!("http://{a}"))
-            .collect();
+        s.workers = worker_count;
+        s.worker_urls = worker_urls;
         s.wall_time_ms = millis(started.elapsed());
     }
 
@@ -320,19 +346,22 @@ async fn run_on(
             "portal-sync demo: running until Ctrl-C; try `portal-sync --config {} status`",
             folder.path.join(SETTINGS_FILE).display()
         );
-        let _ = tokio::signal::ctrl_c().await;
+        interrupt.cancelled().await;
         eprintln!("portal-sync demo: stopping");
     }
 
-    let stopped = workers.stop().await;
+    if let Some(w) = running.take() {
+        stopped = Some(w.stop().await);
+    }
     sim.shutdown().await;
     let mut summary = summary?;
     summary.checks.push(Check {
         name: "workers stopped cleanly",
-        ok: stopped.is_ok(),
+        ok: matches!(stopped, Some(Ok(()))),
         detail: match stopped {
-            Ok(()) => "every worker finished its jobs and returned".to_owned(),
-            Err(why) => why,
+            Some(Ok(())) => "every worker finished its jobs and returned".to_owned(),
+            Some(Err(why)) => why,
+            None => "the workers were not stopped".to_owned(),
         },
     });
     Ok(summary)
@@ -540,6 +569,7 @@ struct Measures {
     enqueue_runs: u64,
     submit_time: Duration,
     timed_out: bool,
+    interrupted: bool,
 }
 
 /// The phases of a run, over opened parts.
@@ -551,6 +581,7 @@ struct Drive<'a> {
     settings: &'a Settings,
     bar: &'a ProgressBar,
     deadline: Instant,
+    interrupt: &'a CancellationToken,
     invalid: u64,
     enqueue_runs: u64,
     last_enqueue: Option<Instant>,
@@ -564,15 +595,18 @@ impl Drive<'_> {
         let patients_done = submitted && self.until_patients_rest().await?;
         self.sim.handle().set_patients(None).ok();
         let pulled = patients_done && self.until_store_matches_portal().await?;
+        let interrupted = self.interrupt.is_cancelled();
         Ok(Measures {
             enqueue_runs: self.enqueue_runs,
             submit_time,
-            timed_out: !(submitted && patients_done && pulled),
+            timed_out: !(interrupted || submitted && patients_done && pulled),
+            interrupted,
         })
     }
 
+    /// Past `--timeout`, or interrupted: time to stop waiting.
     fn timed_out(&self) -> bool {
-        Instant::now() >= self.deadline
+        Instant::now() >= self.deadline || self.interrupt.is_cancelled()
     }
 
     /// One `enqueue` run (what cron does), every [`ENQUEUE_EVERY`]. Answers
@@ -889,6 +923,13 @@ async fn build_summary(
             ),
         },
     ];
+    if measures.interrupted {
+        checks.push(Check {
+            name: "ran to the end",
+            ok: false,
+            detail: "interrupted (Ctrl-C) before the run settled".to_owned(),
+        });
+    }
     if measures.timed_out {
         checks.push(Check {
             name: "finished in time",
