@@ -19,7 +19,7 @@ use serde_json::Value;
 use task_model::{HostTask, PortalTask, TaskId};
 use url::Url;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, redacted_url};
 use crate::error::{
     Call, PortalError, body_excerpt, duplicate_task_id, is_duplicate_task_message,
     parse_retry_after,
@@ -49,7 +49,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("base_url", &self.base.as_str())
+            .field("base_url", &Call::new(Method::GET, &self.base).endpoint)
             .field("api_key", &"[redacted]")
             .field("timeout", &self.timeout)
             .field("page_size", &self.page_size)
@@ -69,11 +69,11 @@ impl Client {
     /// dropped), reads the TLS material, sets up pooling and the timeout.
     pub fn new(config: ClientConfig) -> Result<Client, PortalError> {
         let trimmed = config.base_url.trim().trim_end_matches('/');
-        let base =
-            Url::parse(trimmed).map_err(|e| PortalError::config(format!("url {trimmed:?}"), e))?;
+        let base = Url::parse(trimmed)
+            .map_err(|e| PortalError::config(format!("url {:?}", redacted_url(trimmed)), e))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(PortalError::config(
-                format!("url {trimmed:?}"),
+                format!("url {:?}", redacted_url(trimmed)),
                 "expected an http:// or https:// URL",
             ));
         }

@@ -122,12 +122,49 @@ impl ClientConfig {
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
-            .field("base_url", &self.base_url)
+            .field("base_url", &redacted_url(&self.base_url))
             .field("api_key", &"[redacted]")
             .field("timeout", &self.timeout)
             .field("page_size", &self.page_size)
             .field("client_identity", &self.client_identity)
             .field("ca_bundle", &self.ca_bundle)
             .finish()
+    }
+}
+
+/// The URL without user or password (they may be credentials).
+pub(crate) fn redacted_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Ok(_) => text.to_owned(),
+        Err(_) if text.contains('@') => "(unparsable, may hold credentials)".to_owned(),
+        Err(_) => text.to_owned(),
+    }
+}
+
+/// The settings file's `portal_client` block, as loaded by
+/// `task_model::settings`; build the client with
+/// `Client::new(ClientConfig::from(&settings.portal_client))`.
+impl From<&task_model::settings::PortalClientSettings> for ClientConfig {
+    fn from(s: &task_model::settings::PortalClientSettings) -> ClientConfig {
+        use task_model::settings::ClientCertificate;
+        ClientConfig {
+            base_url: s.url.expose().to_owned(),
+            api_key: s.api_key.clone(),
+            timeout: s.timeout,
+            page_size: s.task_package_size,
+            client_identity: s.client_certificate.as_ref().map(|c| match c {
+                ClientCertificate::Combined(pem) => ClientIdentity::Combined(Pem::file(pem)),
+                ClientCertificate::Split { cert, key } => ClientIdentity::Split {
+                    cert: Pem::file(cert),
+                    key: Pem::file(key),
+                },
+            }),
+            ca_bundle: s.ca_bundle.as_ref().map(Pem::file),
+        }
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::http::{decode, error, refusal};
-use super::store::{PatientAction, instrument_ref};
+use super::store::PatientAction;
 use super::{FaultRule, PatientsMode, Shared, SimHandle, lock};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
@@ -112,10 +112,7 @@ async fn act(
     let mut store = lock(&shared.store);
     let assessment = || {
         body.assessment.clone().unwrap_or_else(|| {
-            let instrument = store
-                .get_task_instrument(code)
-                .map(|i| instrument_ref(&i))
-                .unwrap_or(Value::Null);
+            let instrument = store.task_instrument_ref(code).unwrap_or(Value::Null);
             serde_json::json!({ "instrument": instrument, "values": {} })
         })
     };

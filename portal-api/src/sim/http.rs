@@ -26,8 +26,8 @@ use super::store::Refusal;
 use super::{MAX_LIMIT, Shared, lock};
 use crate::client::API_KEY_HEADER;
 use crate::wire::{
-    ConsentPackage, EnrollmentProfile, ErrorBody, Study, SubjectUpdate, TaskPackage, TaskQuery,
-    TaskUpdate, UserUpdate,
+    ConsentPackage, EnrollmentProfile, ErrorBody, Study, SubjectUpdate, TaskQuery, TaskUpdate,
+    UserUpdate,
 };
 
 type AppState = State<Arc<Shared>>;
@@ -298,6 +298,19 @@ fn list_query(raw: Option<&str>) -> Result<ListQuery, Refusal> {
     Ok(q)
 }
 
+/// `POST /tasks` as the simulator reads it (documents kept raw).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmittedPackage {
+    tasks: Vec<super::validate::SubmittedTask>,
+}
+
+#[derive(Serialize)]
+struct TaskPageOut<'a> {
+    tasks: &'a [super::store::TaskView],
+    count: usize,
+}
+
 fn page<T: Serialize>(key: &str, items: Vec<T>) -> Response {
     let count = items.len();
     json_response(StatusCode::OK, &json!({ key: items, "count": count }))
@@ -318,11 +331,17 @@ async fn list_tasks(State(shared): AppState, RawQuery(raw): RawQuery) -> Respons
         return json_response(StatusCode::OK, &json!({ "tasks": tasks, "count": total }));
     }
     drop(store);
-    page("tasks", tasks)
+    json_response(
+        StatusCode::OK,
+        &TaskPageOut {
+            count: tasks.len(),
+            tasks: &tasks,
+        },
+    )
 }
 
 async fn submit_tasks(State(shared): AppState, body: Bytes) -> Response {
-    let package: TaskPackage = match decode(&body) {
+    let package: SubmittedPackage = match decode(&body) {
         Ok(p) => p,
         Err(r) => return refusal(r),
     };
@@ -346,13 +365,13 @@ async fn submit_tasks(State(shared): AppState, body: Bytes) -> Response {
     }
     let stored = lock(&shared.store).submit(package.tasks, shared.duplicates);
     match stored {
-        Ok(views) => {
-            let count = views.len();
-            json_response(
-                StatusCode::CREATED,
-                &json!({ "tasks": views, "count": count }),
-            )
-        }
+        Ok(views) => json_response(
+            StatusCode::CREATED,
+            &TaskPageOut {
+                count: views.len(),
+                tasks: &views,
+            },
+        ),
         Err(r) => refusal(r),
     }
 }

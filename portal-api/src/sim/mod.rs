@@ -52,7 +52,7 @@ pub use faults::{ENDPOINTS, FaultKind, FaultRule};
 pub use patients::PatientsMode;
 pub use store::{PatientAction, Refusal, TaskView};
 pub use tls::SimTls;
-pub use validate::{BasicValidator, TaskValidator};
+pub use validate::{BasicValidator, SubmittedTask, TaskValidator};
 
 /// What to do with a task whose `host_system_id` the portal already holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use task_model::{HostTask, PortalDate, PortalStatus, PortalTask};
+use task_model::{PortalDate, PortalStatus, PortalTask};
 
 use crate::error::{DUPLICATE_TASK_CONTEXT, DUPLICATE_TASK_PREFIX};
 use crate::wire::{
@@ -19,6 +19,7 @@ use crate::wire::{
 };
 
 use super::DuplicatePolicy;
+use super::validate::SubmittedTask;
 
 /// Why the portal refused something; mapped to an HTTP status by the
 /// routes and to [`SimError`](super::SimError) by the Rust handle.
@@ -48,7 +49,7 @@ impl std::fmt::Display for Refusal {
 #[derive(Debug)]
 pub(crate) struct SimTask {
     pub(crate) seq: u64,
-    pub(crate) task: Arc<HostTask>,
+    pub(crate) task: Arc<SubmittedTask>,
     pub(crate) subject_code: String,
     pub(crate) status: PortalStatus,
     pub(crate) date_created: PortalDate,
@@ -207,7 +208,7 @@ impl Store {
     /// Stores a whole package or nothing.
     pub(crate) fn submit(
         &mut self,
-        tasks: Vec<HostTask>,
+        tasks: Vec<SubmittedTask>,
         policy: DuplicatePolicy,
     ) -> Result<Vec<TaskView>, Refusal> {
         // Check everything before changing anything.
@@ -228,7 +229,7 @@ impl Store {
                 None => existing.push(None),
                 Some(&seq) => {
                     self.counters.duplicate_submissions += 1;
-                    let identical = self.tasks.get(&seq).is_some_and(|t| *t.task == *task);
+                    let identical = self.tasks.get(&seq).is_some_and(|t| t.task.same_as(task));
                     if policy == DuplicatePolicy::IgnoreIdentical && identical {
                         existing.push(Some(seq));
                     } else {
@@ -260,7 +261,10 @@ impl Store {
             self.unacknowledged.insert(seq);
             let stored = SimTask {
                 seq,
-                assessment: task.assessment.clone(),
+                assessment: task
+                    .assessment
+                    .as_deref()
+                    .and_then(|raw| serde_json::from_str(raw.get()).ok()),
                 task: Arc::new(task),
                 subject_code,
                 status: PortalStatus::Waiting,
@@ -276,7 +280,7 @@ impl Store {
         Ok(answer)
     }
 
-    fn upsert_subject(&mut self, task: &HostTask) -> String {
+    fn upsert_subject(&mut self, task: &SubmittedTask) -> String {
         let s = &task.subject;
         let seq = match self.subject_by_host_id.get(&s.host_system_id) {
             Some(&seq) => seq,
@@ -361,10 +365,11 @@ impl Store {
             .ok_or_else(|| Refusal::NotFound(format!("no task {code:?}")))
     }
 
-    pub(crate) fn get_task_instrument(&self, code: &str) -> Option<Value> {
+    /// The instrument reference of a task, for generated assessments.
+    pub(crate) fn task_instrument_ref(&self, code: &str) -> Option<Value> {
         parse_code(code, 'T')
             .and_then(|seq| self.tasks.get(&seq))
-            .map(|t| t.task.instrument.clone())
+            .map(|t| t.task.instrument_ref())
     }
 
     /// How many tasks a list query matches in all (for a portal that
@@ -415,7 +420,9 @@ impl Store {
                 if !params.is_object() {
                     return Err(Refusal::Invalid("parameters: expected an object".into()));
                 }
-                changed.parameters = Some(params);
+                let raw = serde_json::value::to_raw_value(&params)
+                    .map_err(|e| Refusal::Invalid(format!("parameters: {e}")))?;
+                changed.parameters = Some(raw);
             }
             task.task = Arc::new(changed);
         }
@@ -490,7 +497,7 @@ impl Store {
             .range(after + 1..)
             .filter(|(_, t)| t.status == PortalStatus::Waiting)
             .take(n)
-            .map(|(seq, t)| (*seq, instrument_ref(&t.task.instrument)))
+            .map(|(seq, t)| (*seq, t.task.instrument_ref()))
             .collect()
     }
 
@@ -744,18 +751,6 @@ impl Store {
         self.profiles.push(profile.clone());
         Ok(profile)
     }
-}
-
-/// `{"id": …, "version": …}` of an instrument document (for generated
-/// assessments).
-pub(crate) fn instrument_ref(instrument: &Value) -> Value {
-    let mut r = Map::new();
-    for key in ["id", "version"] {
-        if let Some(v) = instrument.get(key) {
-            r.insert(key.into(), v.clone());
-        }
-    }
-    Value::Object(r)
 }
 
 fn quoted(id: &str) -> String {

@@ -1,14 +1,88 @@
 //! How the simulator checks a submitted task, the way a portal would before
 //! storing it. [`TaskValidator`] is the seam: [`BasicValidator`] checks the
 //! fields portal-sync depends on; full RIOS validation plugs in here later.
+//!
+//! The simulator keeps submitted RIOS documents as raw JSON
+//! ([`SubmittedTask`]): parsing 2 KB documents into `serde_json::Value`
+//! trees on every submission would make the simulator, not the system under
+//! test, the bottleneck of load runs. A validator that wants whole trees can
+//! call [`SubmittedTask::to_host_task`].
 
+use serde::Deserialize;
 use serde_json::Value;
-use task_model::HostTask;
+use serde_json::value::RawValue;
+use task_model::{HostTask, Subject};
+
+/// A task as submitted on the wire (the fields of [`HostTask`]), with the
+/// RIOS documents left as raw JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmittedTask {
+    pub host_system_id: String,
+    pub display_name: String,
+    pub instrument: Box<RawValue>,
+    pub form: Box<RawValue>,
+    pub subject: Subject,
+    #[serde(default)]
+    pub parameters: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub assessment: Option<Box<RawValue>>,
+}
+
+impl SubmittedTask {
+    /// The same task with its documents parsed.
+    pub fn to_host_task(&self) -> Result<HostTask, serde_json::Error> {
+        let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get());
+        Ok(HostTask {
+            host_system_id: self.host_system_id.clone(),
+            display_name: self.display_name.clone(),
+            instrument: parse(&self.instrument)?,
+            form: parse(&self.form)?,
+            subject: self.subject.clone(),
+            parameters: self.parameters.as_deref().map(parse).transpose()?,
+            assessment: self.assessment.as_deref().map(parse).transpose()?,
+        })
+    }
+
+    /// `{"id": …, "version": …}` of the instrument (for generated
+    /// assessments); `null` members if the instrument lacks them.
+    pub fn instrument_ref(&self) -> Value {
+        let head: InstrumentHead = serde_json::from_str(self.instrument.get()).unwrap_or_default();
+        serde_json::json!({ "id": head.id, "version": head.version })
+    }
+
+    /// Same task, same documents byte for byte (what `ignore-identical`
+    /// accepts: a client resubmitting what it sent before).
+    pub fn same_as(&self, other: &SubmittedTask) -> bool {
+        let raw = |r: &Option<Box<RawValue>>| r.as_deref().map(RawValue::get).map(str::to_owned);
+        self.host_system_id == other.host_system_id
+            && self.display_name == other.display_name
+            && self.subject == other.subject
+            && self.instrument.get() == other.instrument.get()
+            && self.form.get() == other.form.get()
+            && raw(&self.parameters) == raw(&other.parameters)
+            && raw(&self.assessment) == raw(&other.assessment)
+    }
+}
+
+impl Clone for SubmittedTask {
+    fn clone(&self) -> SubmittedTask {
+        SubmittedTask {
+            host_system_id: self.host_system_id.clone(),
+            display_name: self.display_name.clone(),
+            instrument: self.instrument.clone(),
+            form: self.form.clone(),
+            subject: self.subject.clone(),
+            parameters: self.parameters.clone(),
+            assessment: self.assessment.clone(),
+        }
+    }
+}
 
 /// Checks one submitted task; the error text becomes the portal's 400
-/// `error` (prefixed with the task's id by the caller).
+/// `error` (prefixed with the task's position and id by the caller).
 pub trait TaskValidator: Send + Sync + 'static {
-    fn validate(&self, task: &HostTask) -> Result<(), String>;
+    fn validate(&self, task: &SubmittedTask) -> Result<(), String>;
 }
 
 /// Required fields, a subject with users who all have an e-mail, and the
@@ -17,8 +91,29 @@ pub trait TaskValidator: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BasicValidator;
 
+/// The only members of a RIOS instrument the basic checks read; the rest
+/// of the document is skipped without being built.
+#[derive(Debug, Default, Deserialize)]
+struct InstrumentHead {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// A form or an assessment: its `instrument` reference.
+#[derive(Debug, Deserialize)]
+struct DocumentHead {
+    #[serde(default)]
+    instrument: Option<InstrumentHead>,
+}
+
+fn head<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T, String> {
+    serde_json::from_str(raw.get()).map_err(|e| format!("{what}: {e}"))
+}
+
 impl TaskValidator for BasicValidator {
-    fn validate(&self, task: &HostTask) -> Result<(), String> {
+    fn validate(&self, task: &SubmittedTask) -> Result<(), String> {
         require_text("host_system_id", &task.host_system_id)?;
         require_text("display_name", &task.display_name)?;
         let subject = &task.subject;
@@ -42,20 +137,20 @@ impl TaskValidator for BasicValidator {
                 None => return Err(format!("subject.users[{i}].email: required")),
             }
         }
-        let (id, version) = instrument_ref(&task.instrument, "instrument")?;
-        let form_instrument = task
-            .form
-            .get("instrument")
-            .ok_or("form.instrument: required")?;
-        same_ref(form_instrument, "form.instrument", id, version)?;
-        if let Some(assessment) = &task.assessment {
-            let a_instrument = assessment
-                .get("instrument")
+        let instrument: InstrumentHead = head(&task.instrument, "instrument")?;
+        let (id, version) = instrument_ref(&instrument, "instrument")?;
+        let form: DocumentHead = head(&task.form, "form")?;
+        let form_ref = form.instrument.ok_or("form.instrument: required")?;
+        same_ref(&form_ref, "form.instrument", id, version)?;
+        if let Some(raw) = &task.assessment {
+            let assessment: DocumentHead = head(raw, "assessment")?;
+            let a_ref = assessment
+                .instrument
                 .ok_or("assessment.instrument: required")?;
-            same_ref(a_instrument, "assessment.instrument", id, version)?;
+            same_ref(&a_ref, "assessment.instrument", id, version)?;
         }
         if let Some(params) = &task.parameters
-            && !params.is_object()
+            && !params.get().trim_start().starts_with('{')
         {
             return Err("parameters: expected an object".into());
         }
@@ -71,17 +166,16 @@ fn require_text(what: &str, value: &str) -> Result<(), String> {
     }
 }
 
-fn instrument_ref<'a>(doc: &'a Value, what: &str) -> Result<(&'a str, &'a str), String> {
-    let field = |name: &str| {
-        doc.get(name)
-            .and_then(Value::as_str)
+fn instrument_ref<'a>(doc: &'a InstrumentHead, what: &str) -> Result<(&'a str, &'a str), String> {
+    let field = |v: &'a Option<String>, name: &str| {
+        v.as_deref()
             .filter(|s| !s.is_empty())
             .ok_or_else(|| format!("{what}.{name}: required (a string)"))
     };
-    Ok((field("id")?, field("version")?))
+    Ok((field(&doc.id, "id")?, field(&doc.version, "version")?))
 }
 
-fn same_ref(doc: &Value, what: &str, id: &str, version: &str) -> Result<(), String> {
+fn same_ref(doc: &InstrumentHead, what: &str, id: &str, version: &str) -> Result<(), String> {
     let (got_id, got_version) = instrument_ref(doc, what)?;
     if got_id != id {
         return Err(format!(
