@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use job_queue::testing::{RedisServer, sibling_binary};
+use job_queue::testing::{RedisServer, free_port, sibling_binary};
 use serde_json::Value;
 use task_model::LocalStatus;
 use task_model::store::{TaskStore, open_store};
@@ -94,33 +94,32 @@ fn u(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("summary field {key} missing or not a count: {v}"))
 }
 
+/// `portal-sync demo …` run in `work`, with no settings file and no
+/// `PORTAL_SYNC_*` variables.
+fn demo_command(work: &Path) -> Command {
+    let mut cmd = Command::new(portal_sync_binary());
+    cmd.arg("demo")
+        .current_dir(work)
+        .env_remove("PORTAL_SYNC_CONFIG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PORTAL_SYNC__") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 #[test]
 fn demo_submits_every_valid_task_once_and_writes_back_every_completion() {
     let redis = RedisServer::start().expect("private redis-server");
     let work = tempfile::tempdir().expect("temp dir");
     let demo_dir = work.path().join("demo");
 
-    let mut cmd = Command::new(portal_sync_binary());
-    cmd.args([
-        "demo",
-        "--tasks",
-        "200",
-        "--json",
-        "--timeout",
-        "30",
-        "--dir",
-    ])
-    .arg(&demo_dir)
-    // No settings file here, and none from the environment: the demo
-    // must take the Redis it is given.
-    .current_dir(work.path())
-    .env("REDIS_URL", redis.url())
-    .env_remove("PORTAL_SYNC_CONFIG");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PORTAL_SYNC__") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = demo_command(work.path());
+    cmd.args(["--tasks", "200", "--json", "--timeout", "30", "--dir"])
+        .arg(&demo_dir)
+        // The demo must take the Redis it is given.
+        .env("REDIS_URL", redis.url());
     let (status, stdout, stderr) = run_to_end(cmd, work.path());
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!("stdout is not one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
@@ -219,4 +218,39 @@ fn demo_submits_every_valid_task_once_and_writes_back_every_completion() {
         .expect("redis connection");
     let keys: u64 = redis::cmd("DBSIZE").query(&mut conn).expect("DBSIZE");
     assert_eq!(keys, 0, "the demo left keys in the Redis it was given");
+}
+
+#[test]
+fn demo_without_any_redis_fails_with_one_line_saying_how_to_get_one() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let empty_path = work.path().join("empty-path");
+    std::fs::create_dir(&empty_path).expect("empty PATH dir");
+    let port = free_port().expect("free port");
+
+    let mut cmd = demo_command(work.path());
+    cmd.args(["--tasks", "10", "--dir"])
+        .arg(work.path().join("demo"))
+        // Nothing listens there, and no redis-server can be found.
+        .env("REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .env("PATH", &empty_path)
+        .env("RUST_LOG", "off");
+    let (status, stdout, stderr) = run_to_end(cmd, work.path());
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("portal-sync:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    let line = errors[0];
+    for needed in ["redis-server", "REDIS_URL", "install", &port.to_string()] {
+        assert!(line.contains(needed), "{needed:?} missing from: {line}");
+    }
+    assert!(
+        stdout.trim().is_empty(),
+        "no summary without a run: {stdout}"
+    );
 }

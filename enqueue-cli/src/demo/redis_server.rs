@@ -3,9 +3,9 @@
 //!
 //! In order: `REDIS_URL`; the settings file's `redis.url` (when the file
 //! exists); a private `redis-server` from `PATH` on a free loopback port, with
-//! its data in the demo folder, stopped at the end; the default
-//! `redis://127.0.0.1:6379`. A Redis that does not answer `PING` is passed
-//! over with a note. On a Redis the demo did not start, it works in a
+//! its data in the demo folder, stopped at the end. A Redis that does not
+//! answer `PING` is passed over with a note. The demo never falls back to
+//! `redis://127.0.0.1:6379` unasked: that Redis may be someone's real queue. On a Redis the demo did not start, it works in a
 //! namespace of its own (`portal-sync-demo-<id>`) and deletes that
 //! namespace's keys at the end, so it never touches another queue.
 //!
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use task_model::settings::{DEFAULT_NAMESPACE, DEFAULT_REDIS_URL};
+use task_model::settings::DEFAULT_NAMESPACE;
 use tokio::process::{Child, Command};
 
 use crate::exit::redact_url;
@@ -33,7 +33,6 @@ pub enum RedisOrigin {
     EnvVar,
     SettingsFile(PathBuf),
     Private,
-    Default,
 }
 
 /// The Redis the demo runs on.
@@ -131,25 +130,18 @@ impl DemoRedis {
         match find_on_path("redis-server") {
             Some(path) => {
                 let server = PrivateRedis::start(&path, &dir.join("redis")).await?;
-                return Ok(DemoRedis {
+                Ok(DemoRedis {
                     url: server.url(),
                     origin: RedisOrigin::Private,
                     namespace: DEFAULT_NAMESPACE.to_owned(),
                     server: Some(server),
-                });
+                })
             }
-            None => tried.push("no redis-server on PATH".to_owned()),
-        }
-
-        match ping(DEFAULT_REDIS_URL).await {
-            Ok(()) => Ok(DemoRedis {
-                url: DEFAULT_REDIS_URL.to_owned(),
-                origin: RedisOrigin::Default,
-                namespace: own_namespace(),
-                server: None,
-            }),
-            Err(_) => {
-                tried.push(format!("nothing answers at {DEFAULT_REDIS_URL}"));
+            None => {
+                if tried.is_empty() {
+                    tried.push("REDIS_URL is not set".to_owned());
+                }
+                tried.push("no redis-server on PATH".to_owned());
                 Err(NoRedis::NotFound {
                     tried: tried.join(", "),
                 })
@@ -173,17 +165,15 @@ impl DemoRedis {
                 self.namespace
             ),
             RedisOrigin::Private => format!("private redis-server at {url} (stopped at the end)"),
-            RedisOrigin::Default => format!("{url} (the default), namespace {}", self.namespace),
         }
     }
 
-    /// `env`, `settings`, `private` or `default`, for the JSON summary.
+    /// `env`, `settings` or `private`, for the JSON summary.
     pub fn origin_name(&self) -> &'static str {
         match self.origin {
             RedisOrigin::EnvVar => "env",
             RedisOrigin::SettingsFile(_) => "settings",
             RedisOrigin::Private => "private",
-            RedisOrigin::Default => "default",
         }
     }
 

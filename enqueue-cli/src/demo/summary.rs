@@ -64,7 +64,7 @@ pub struct DemoSummary {
     pub dir: String,
     pub store_url: String,
     pub redis: String,
-    /// `env`, `settings`, `private` or `default`.
+    /// `env`, `settings` or `private`.
     pub redis_origin: &'static str,
     pub portal_url: String,
     pub workers: usize,
