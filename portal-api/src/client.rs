@@ -528,6 +528,10 @@ impl Client {
 
     /// Decodes JSON, naming the path of the first mismatch (`tasks[3].status`).
     fn decode<T: DeserializeOwned>(&self, call: &Call, bytes: &[u8]) -> Result<T, PortalError> {
+        // Fast path; only a bad answer pays for path tracking.
+        if let Ok(value) = serde_json::from_slice(bytes) {
+            return Ok(value);
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| PortalError::Decode {
             call: call.clone(),

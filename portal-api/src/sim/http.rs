@@ -247,6 +247,10 @@ pub(crate) fn refusal(r: Refusal) -> Response {
 
 /// Decodes a JSON body; a 400 names the path of the first problem.
 pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    // Fast path; only a bad body pays for path tracking.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| Refusal::Invalid(format!("invalid body at `{}`: {}", e.path(), e.inner())))?;

@@ -68,8 +68,11 @@ pub struct TaskView {
     pub host_system_id: String,
     pub subject_code: String,
     pub status: PortalStatus,
+    #[serde(serialize_with = "portal_date")]
     pub date_created: Option<PortalDate>,
+    #[serde(serialize_with = "portal_date")]
     pub date_started: Option<PortalDate>,
+    #[serde(serialize_with = "portal_date")]
     pub date_completed: Option<PortalDate>,
     pub revision: u64,
     pub acknowledged: bool,
@@ -77,6 +80,24 @@ pub struct TaskView {
     pub display_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assessment: Option<Value>,
+}
+
+/// `YYYY-MM-DD HH:MM:SS` without going through a format string on every
+/// answer (the same text as `PortalDate`'s own `Display`).
+fn portal_date<S: serde::Serializer>(date: &Option<PortalDate>, s: S) -> Result<S::Ok, S::Error> {
+    use chrono::{Datelike, Timelike};
+    match date {
+        None => s.serialize_none(),
+        Some(PortalDate(t)) => s.collect_str(&format_args!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )),
+    }
 }
 
 impl TaskView {
