@@ -21,6 +21,12 @@
 //! drained, the workers stopped cleanly. Exit code 0 only if all hold
 //! (1 if a check failed, 3 if no Redis could be had).
 //!
+//! Timing (release build, the default 1,000 tasks and 2 workers, on the
+//! 2-core development machine under load): about 2.2 s wall, of which
+//! 0.4–0.7 s submitting (1,400–2,500 tasks/s); 10,000 tasks with 4 workers:
+//! 11 s wall. Measure with
+//! `cargo build --release -p enqueue-cli && target/release/portal-sync demo --json | jq '.wall_time_ms, .submit_time_ms, .tasks_per_sec'`.
+//!
 //! The module owns the orchestration; the parts are the real ones:
 //! [`crate::enqueue_once`], [`sync_worker::Worker`], [`job_queue`] and
 //! [`portal_api::sim`].
