@@ -57,6 +57,37 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time of this process so far, in ms (utime + stime from /proc).
+fn cpu_ms() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks * 10)
+        })
+        .unwrap_or(0)
+}
+
+/// Redis' own CPU time so far (user + sys), in ms.
+fn redis_cpu_ms(redis: &RedisServer) -> u64 {
+    let Ok(out) = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "info", "cpu"])
+        .output()
+    else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ((field("used_cpu_user:") + field("used_cpu_sys:")) * 1000.0) as u64
+}
+
 fn http_client() -> Result<reqwest::Client, Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::Client::builder()
@@ -123,7 +154,12 @@ async fn our_worker(
         })
         .await?;
     drain.drained().await;
-    println!("{} {}", elapsed.load(Ordering::SeqCst), peak_rss_kb());
+    println!(
+        "{} {} {}",
+        elapsed.load(Ordering::SeqCst),
+        peak_rss_kb(),
+        cpu_ms()
+    );
     Ok(())
 }
 
@@ -221,7 +257,12 @@ async fn apalis_redis_worker(url: &str, queue: &str, target: u64) -> Result<(), 
             },
         );
     worker.run().await?;
-    println!("{} {}", elapsed.load(Ordering::SeqCst), peak_rss_kb());
+    println!(
+        "{} {} {}",
+        elapsed.load(Ordering::SeqCst),
+        peak_rss_kb(),
+        cpu_ms()
+    );
     Ok(())
 }
 
@@ -248,7 +289,8 @@ async fn push_apalis_redis(url: &str, queue: &str, n: u64) -> Result<Duration, E
     Ok(start.elapsed())
 }
 
-fn child(args: &[&str]) -> Result<(u64, u64), Error> {
+/// Runs a child worker; returns (elapsed ms, peak RSS kB, its CPU ms).
+fn child(args: &[&str]) -> Result<(u64, u64, u64), Error> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .args(args)
         .stderr(std::process::Stdio::inherit())
@@ -260,7 +302,8 @@ fn child(args: &[&str]) -> Result<(u64, u64), Error> {
     let mut parts = text.split_whitespace();
     let ms: u64 = parts.next().ok_or("no elapsed")?.parse()?;
     let rss: u64 = parts.next().ok_or("no rss")?.parse()?;
-    Ok((ms, rss))
+    let cpu: u64 = parts.next().ok_or("no cpu")?.parse()?;
+    Ok((ms, rss, cpu))
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -368,32 +411,40 @@ async fn main() -> Result<(), Error> {
     // push_bulk, ours alone
     let q = JobQueue::connect(config(&url, "push")?).await?;
     let n = 200_000;
+    let (cpu0, rcpu0) = (cpu_ms(), redis_cpu_ms(&redis));
     let took = push_ours(&q, n).await?;
+    let (cpu1, rcpu1) = (cpu_ms(), redis_cpu_ms(&redis));
     println!(
-        "ours   push_bulk {n:>7} jobs: {:>7.3} s = {:>8.0} jobs/s",
+        "ours   push_bulk {n:>7} jobs: {:>7.3} s = {:>8.0} jobs/s  (CPU per job: client {:.1} us, redis {:.1} us)",
         took.as_secs_f64(),
-        rate(n, took)
+        rate(n, took),
+        (cpu1 - cpu0) as f64 * 1000.0 / n as f64,
+        (rcpu1 - rcpu0) as f64 * 1000.0 / n as f64
     );
 
     // one worker process, concurrency 50, 50,000 queued
     let q = JobQueue::connect(config(&url, "drain50k")?).await?;
     push_ours(&q, 50_000).await?;
-    let (m, rss) = child(&["worker", &url, "drain50k", "50000"])?;
+    let rcpu0 = redis_cpu_ms(&redis);
+    let (m, rss, wcpu) = child(&["worker", &url, "drain50k", "50000"])?;
+    let rcpu1 = redis_cpu_ms(&redis);
     println!(
-        "ours   drain     {:>7} jobs: {:>7.3} s = {:>8.0} jobs/s  (1 worker process, concurrency 50, no-op; peak RSS {:.1} MB)",
+        "ours   drain     {:>7} jobs: {:>7.3} s = {:>8.0} jobs/s  (1 worker process, concurrency 50, no-op; peak RSS {:.1} MB; CPU per job: worker {:.1} us, redis {:.1} us)",
         50_000,
         ms(m).as_secs_f64(),
         rate(50_000, ms(m)),
-        rss as f64 / 1024.0
+        rss as f64 / 1024.0,
+        wcpu as f64 * 1000.0 / 50_000.0,
+        (rcpu1 - rcpu0) as f64 * 1000.0 / 50_000.0
     );
 
     // side by side on 5,000 jobs
     let small = 5_000;
     let q = JobQueue::connect(config(&url, "side-ours")?).await?;
     let ours_push = push_ours(&q, small).await?;
-    let (ours_ms, ours_rss) = child(&["worker", &url, "side-ours", &small.to_string()])?;
+    let (ours_ms, ours_rss, _) = child(&["worker", &url, "side-ours", &small.to_string()])?;
     let theirs_push = push_apalis_redis(&url, "side-apalis", small).await?;
-    let (theirs_ms, theirs_rss) = child(&[
+    let (theirs_ms, theirs_rss, _) = child(&[
         "apalis-redis-worker",
         &url,
         "side-apalis",
@@ -421,7 +472,7 @@ async fn main() -> Result<(), Error> {
     let plain = plain_reqwest(&stub, http_n, 50).await?;
     let q = JobQueue::connect(config(&url, "http")?).await?;
     push_ours(&q, http_n).await?;
-    let (http_ms, http_rss) = child(&["worker", &url, "http", &http_n.to_string(), &stub])?;
+    let (http_ms, http_rss, _) = child(&["worker", &url, "http", &http_n.to_string(), &stub])?;
     println!(
         "http stub (20 ms), {http_n} POSTs, concurrency 50: plain reqwest {:.0} req/s, ours {:.0} jobs/s = {:.1} % of plain (worker RSS {:.1} MB)",
         rate(http_n, plain),
@@ -439,7 +490,7 @@ async fn main() -> Result<(), Error> {
             rate(1_000_000, took),
             redis.used_memory()? as f64 / 1e6
         );
-        let (m, rss) = child(&["worker", &url, "million", "1000000"])?;
+        let (m, rss, _) = child(&["worker", &url, "million", "1000000"])?;
         let c = q.counts().await?;
         println!(
             "ours   backlog 1000000 jobs drained by one worker process in {:.1} s = {:.0} jobs/s (peak RSS {:.1} MB); left: pending {} running {} dead {}",

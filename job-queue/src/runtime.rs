@@ -224,7 +224,12 @@ impl Runtime {
                 break;
             }
             let want = self.capacity().min(config.prefetch.max(1));
-            if want == 0 {
+            // Refill in batches: while the service still has buffered jobs to
+            // take, wait until at least half the prefetch is free (fewer,
+            // larger script calls); with an empty buffer, fetch whatever fits.
+            let buffered = lock(&self.buffer).len();
+            let refill_at = (config.prefetch / 2).max(1);
+            if want == 0 || (want < refill_at && buffered > 0) {
                 tokio::select! {
                     () = self.demand.notified() => {}
                     () = self.closing.cancelled() => {}
@@ -409,6 +414,16 @@ impl Runtime {
                 match rx.try_recv() {
                     Ok(s) => batch.push(s),
                     Err(_) => break,
+                }
+            }
+            if !batch.is_empty() && batch.len() < 32 && !self.closing.is_cancelled() {
+                // Linger a moment so a burst of outcomes shares one script call.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(s) => batch.push(s),
+                        Err(_) => break,
+                    }
                 }
             }
             if batch.is_empty() {

@@ -135,7 +135,10 @@ fn spawn_producer(queue: JobQueue, count: u64) -> tokio::task::JoinHandle<HashSe
 
 async fn survives(fault: impl FnOnce(&mut RedisServer)) {
     let mut redis = RedisServer::start_with_aof().expect("redis");
+    // A fetch whose answer is lost in the fault leaves its jobs leased until
+    // the lease lapses: a short visibility timeout keeps the test short.
     let config = config(&redis, "faults")
+        .visibility_timeout(Duration::from_secs(2))
         .reconnect_for(Duration::from_secs(15))
         .build()
         .expect("config");
