@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! store.stream_due ─► validate ─► package (≤ task_package_size) ─► channel ─► lease in store ─► push_bulk
-//!   (pages of rows)    (invalid: error        (submit / refresh)    (bounded)   (one lease per job,  (idempotency key
-//!                       recorded, counted)                                      job id = queue id)    per package)
+//!   (pages of rows)    (invalid: error        (submit / refresh)    (bounded)   (a batch per         (idempotency key
+//!                       recorded, counted)                                      transaction; job id   per package)
+//!                                                                               = queue job id)
 //! ```
 //!
 //! Why it cannot double-enqueue:
@@ -45,8 +46,14 @@ use crate::summary::{Backpressure, EnqueueSummary, KindCounts, SkipReason, Skipp
 const BATCH_PACKAGES: usize = 250;
 /// Packages the reader may run ahead of the leaser.
 const CHANNEL_PACKAGES: usize = 2 * BATCH_PACKAGES;
-/// Lease calls in flight at once (PostgreSQL gains; SQLite serialises them).
-const LEASE_CONCURRENCY: usize = 4;
+/// Rows per page read from the store. A task carries its documents, so a
+/// page is the main memory cost of a run: 100 tasks of a few KB of RIOS JSON
+/// each stay well under the 64 MB budget.
+const STREAM_PAGE_ROWS: usize = 100;
+/// Tasks handed from the store reader to the validator at once, and chunks
+/// in flight between them.
+const TASK_CHUNK: usize = 50;
+const TASK_CHUNKS_IN_FLIGHT: usize = 2;
 /// `--task` ids loaded from the store per call.
 const NAMED_TASKS_CHUNK: usize = 500;
 
@@ -300,21 +307,26 @@ impl Run<'_> {
         if self.args.complete {
             statuses.push(LocalStatus::AwaitingCompletion);
         }
-        let query = DueQuery::new(statuses, Utc::now());
+        let mut query = DueQuery::new(statuses, Utc::now());
+        query.batch_size = STREAM_PAGE_ROWS;
         let stream = self.ctx.store.stream_due(query);
+        let (task_tx, task_rx) = mpsc::channel::<Vec<LocalTask>>(TASK_CHUNKS_IN_FLIGHT);
         let (tx, mut rx) = mpsc::channel::<Package>(CHANNEL_PACKAGES);
-        let reader = Reader {
+        // Three stages on the runtime's threads: reading (and decoding) rows,
+        // validating and packaging, and leasing and pushing, so that decoding
+        // and validation use both cores while the leaser waits on the store
+        // and Redis.
+        let observer_counts = ReadCounter::default();
+        let reader_task = {
+            let counter = observer_counts.clone();
+            tokio::spawn(read_tasks(stream, task_tx, counter))
+        };
+        let packager = Packaging {
             store: self.ctx.store.clone(),
             package_size: self.ctx.task_package_size,
             dry_run: self.args.dry_run,
         };
-        // The reader runs beside the leaser so reading the next page overlaps
-        // with leasing and pushing the last one.
-        let observer_counts = ReadCounter::default();
-        let reader_task = {
-            let counter = observer_counts.clone();
-            tokio::spawn(async move { reader.read(stream, tx, counter).await })
-        };
+        let packager_task = tokio::spawn(packager.run(task_rx, tx));
 
         let mut batch = Vec::with_capacity(BATCH_PACKAGES);
         let mut result = Ok(());
@@ -336,13 +348,35 @@ impl Run<'_> {
             }
         }
         // Stop the reader (if we stopped early) and collect what it skipped.
+        // Packages it already handed over but that the budget left out are
+        // counted as held back.
+        rx.close();
+        if result.is_ok() && self.budget_exhausted() {
+            while let Some(held) = rx.recv().await {
+                if let Some(bp) = &mut self.backpressure {
+                    bp.held_back = true;
+                }
+                for id in &held.ids {
+                    self.skipped.note(
+                        SkipReason::Backpressure,
+                        id,
+                        "held back by --max-pending; queued by a later run",
+                    );
+                }
+            }
+        }
         drop(rx);
-        let read_outcome = reader_task.await.map_err(|e| CommandError::Usage {
+        let joined = |e: tokio::task::JoinError| CommandError::Usage {
             message: format!("the store reader stopped: {e}"),
-        })?;
-        let (skipped, stopped_early) = match read_outcome {
-            Ok(v) => v,
-            Err(e) => {
+        };
+        let read_outcome = reader_task.await.map_err(joined)?;
+        let pack_outcome = packager_task.await.map_err(joined)?;
+        let (skipped, stopped_early) = match (read_outcome, pack_outcome) {
+            (Ok(read_skipped), Ok((mut skipped, stopped_early))) => {
+                merge_skipped(&mut skipped, read_skipped);
+                (skipped, stopped_early)
+            }
+            (Err(e), _) | (_, Err(e)) => {
                 result?;
                 return Err(self.store_error(e));
             }
@@ -449,20 +483,26 @@ impl Run<'_> {
             + chrono::Duration::from_std(self.ctx.lease_for)
                 .unwrap_or_else(|_| chrono::Duration::minutes(15));
         let store = &self.ctx.store;
-        let leases = futures::stream::iter(packages.into_iter().map(|p| {
-            let job_id = ulid::Ulid::new().to_string();
-            let mut request = LeaseRequest::new(p.ids.clone(), job_id.clone(), until, now);
+        let mut requests = Vec::with_capacity(packages.len());
+        for p in &packages {
+            let mut request =
+                LeaseRequest::new(p.ids.clone(), ulid::Ulid::new().to_string(), until, now);
             if force {
                 request = request.forced();
             }
-            async move {
-                let leased = store.lease(request).await;
-                (p, job_id, leased)
-            }
-        }))
-        .buffered(LEASE_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
+            requests.push(request);
+        }
+        // One transaction for the whole batch.
+        let leases: Vec<(Package, String, Result<Vec<TaskId>, StoreError>)> =
+            match store.lease_many(&requests).await {
+                Ok(got) => packages
+                    .into_iter()
+                    .zip(requests)
+                    .zip(got)
+                    .map(|((p, r), ids)| (p, r.job_id, Ok(ids)))
+                    .collect(),
+                Err(e) => return Err(self.store_error(e)),
+            };
 
         // (kind, job id, leased ids) of every lease taken, for push or release.
         let mut taken: Vec<(JobKind, String, Vec<TaskId>)> = Vec::with_capacity(leases.len());
@@ -633,42 +673,71 @@ impl ReadCounter {
     }
 }
 
-/// The reading half of the pipeline.
-struct Reader {
+/// First stage: reads rows into chunks of tasks. Rows the host wrote badly
+/// are reported and skipped here. Stops quietly when the next stage hangs up.
+async fn read_tasks(
+    mut stream: futures::stream::BoxStream<'static, Result<LocalTask, StoreError>>,
+    tx: mpsc::Sender<Vec<LocalTask>>,
+    counter: ReadCounter,
+) -> Result<Skipped, StoreError> {
+    let mut skipped = Skipped::default();
+    let mut chunk = Vec::with_capacity(TASK_CHUNK);
+    while let Some(item) = stream.next().await {
+        counter.add(1);
+        match item {
+            Ok(task) => chunk.push(task),
+            Err(StoreError::BadRow(row)) => {
+                tracing::warn!(task_id = %row.task_id(), error = %row, "skipping a task whose row cannot be read");
+                skipped.note(SkipReason::BadRow, row.task_id(), row.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+        if chunk.len() >= TASK_CHUNK
+            && tx
+                .send(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(TASK_CHUNK),
+                ))
+                .await
+                .is_err()
+        {
+            return Ok(skipped);
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(chunk).await;
+    }
+    Ok(skipped)
+}
+
+/// Second stage: validates and packages.
+struct Packaging {
     store: AnyStore,
     package_size: usize,
     dry_run: bool,
 }
 
-impl Reader {
-    /// Reads the stream into packages. Answers what it skipped, and whether it
-    /// stopped early because the leaser hung up.
-    async fn read(
+impl Packaging {
+    /// Answers what it skipped, and whether it stopped early because the
+    /// leaser hung up.
+    async fn run(
         self,
-        mut stream: futures::stream::BoxStream<'static, Result<LocalTask, StoreError>>,
+        mut rx: mpsc::Receiver<Vec<LocalTask>>,
         tx: mpsc::Sender<Package>,
-        counter: ReadCounter,
     ) -> Result<(Skipped, bool), StoreError> {
         let mut skipped = Skipped::default();
         let mut packager = Packager::new(self.package_size);
-        while let Some(item) = stream.next().await {
-            counter.add(1);
-            let task = match item {
-                Ok(task) => task,
-                Err(StoreError::BadRow(row)) => {
-                    tracing::warn!(task_id = %row.task_id(), error = %row, "skipping a task whose row cannot be read");
-                    skipped.note(SkipReason::BadRow, row.task_id(), row.to_string());
+        while let Some(chunk) = rx.recv().await {
+            for task in chunk {
+                let Some(kind) = classify(&self.store, &task, self.dry_run, &mut skipped).await?
+                else {
                     continue;
+                };
+                if let Some(package) = packager.add(kind, task.task.host_system_id)
+                    && tx.send(package).await.is_err()
+                {
+                    return Ok((skipped, true));
                 }
-                Err(e) => return Err(e),
-            };
-            let Some(kind) = classify(&self.store, &task, self.dry_run, &mut skipped).await? else {
-                continue;
-            };
-            if let Some(package) = packager.add(kind, task.task.host_system_id)
-                && tx.send(package).await.is_err()
-            {
-                return Ok((skipped, true));
             }
         }
         for package in packager.finish() {

@@ -106,9 +106,8 @@ async fn invalid_tasks_are_recorded_and_skipped_postgres() {
     invalid_tasks_are_recorded_and_skipped(StoreKind::Postgres).await;
 }
 
-#[tokio::test]
-async fn dry_run_counts_and_changes_nothing() {
-    let h = Harness::new(StoreKind::Sqlite).await;
+async fn dry_run_counts_and_changes_nothing(kind: StoreKind) {
+    let h = Harness::new(kind).await;
     h.import(&tasks(45)).await;
     h.import(&[invalid_task("z-bad")]).await;
 
@@ -143,9 +142,8 @@ async fn dry_run_counts_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn max_pending_holds_back_and_says_partial() {
-    let h = Harness::new(StoreKind::Sqlite).await;
+async fn max_pending_holds_back_and_says_partial(kind: StoreKind) {
+    let h = Harness::new(kind).await;
     h.import(&tasks(200)).await; // 10 packages of 20
 
     let (code, summary) = h.run_json(&["enqueue", "--max-pending", "4", "--json"]);
@@ -171,9 +169,8 @@ async fn max_pending_holds_back_and_says_partial() {
     assert_eq!(h.queued().await.task_ids.len(), 200);
 }
 
-#[tokio::test]
-async fn task_flag_queues_only_those_whatever_their_lease() {
-    let h = Harness::new(StoreKind::Sqlite).await;
+async fn task_flag_queues_only_those_whatever_their_lease(kind: StoreKind) {
+    let h = Harness::new(kind).await;
     h.import(&tasks(30)).await;
     h.mark_submitted(&["t-000029"]).await;
 
@@ -201,9 +198,8 @@ async fn task_flag_queues_only_those_whatever_their_lease() {
     assert_eq!(queued.refresh_jobs, 1);
 }
 
-#[tokio::test]
-async fn awaiting_completion_gets_one_pull_and_complete_refreshes_them_all() {
-    let h = Harness::new(StoreKind::Sqlite).await;
+async fn awaiting_completion_gets_one_pull_and_complete_refreshes_them_all(kind: StoreKind) {
+    let h = Harness::new(kind).await;
     h.import(&tasks(50)).await;
     let submitted: Vec<String> = (0..45).map(|i| format!("t-{i:06}")).collect();
     let refs: Vec<&str> = submitted.iter().map(String::as_str).collect();
@@ -299,4 +295,80 @@ async fn redis_down_at_start_exits_3_and_leases_nothing() {
         40,
         "the next run does the work"
     );
+}
+
+async fn a_row_the_host_wrote_badly_is_reported_and_skipped(kind: StoreKind) {
+    let h = Harness::new(kind).await;
+    h.import(&tasks(25)).await;
+    task_model::store::testing::execute_sql(
+        &h.store,
+        "UPDATE tasks SET subject = '{not json' WHERE host_system_id = 't-000007'",
+    )
+    .await
+    .expect("corrupt one row");
+
+    let (code, summary) = h.run_json(&["enqueue", "--json"]);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["skipped"]["bad_rows"], 1);
+    assert_eq!(
+        summary["skipped"]["examples"]["bad_row"][0]["id"],
+        "t-000007"
+    );
+    assert_eq!(
+        summary["kinds"]["submit"]["tasks"], 24,
+        "the others still go"
+    );
+    let queued = h.queued().await;
+    assert!(!queued.task_ids.contains(&"t-000007".to_string()));
+    assert_eq!(queued.task_ids.len(), 24);
+}
+
+#[tokio::test]
+async fn a_row_the_host_wrote_badly_is_reported_and_skipped_sqlite() {
+    a_row_the_host_wrote_badly_is_reported_and_skipped(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_row_the_host_wrote_badly_is_reported_and_skipped_postgres() {
+    a_row_the_host_wrote_badly_is_reported_and_skipped(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn dry_run_counts_and_changes_nothing_sqlite() {
+    dry_run_counts_and_changes_nothing(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn dry_run_counts_and_changes_nothing_postgres() {
+    dry_run_counts_and_changes_nothing(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn max_pending_holds_back_and_says_partial_sqlite() {
+    max_pending_holds_back_and_says_partial(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn max_pending_holds_back_and_says_partial_postgres() {
+    max_pending_holds_back_and_says_partial(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn task_flag_queues_only_those_whatever_their_lease_sqlite() {
+    task_flag_queues_only_those_whatever_their_lease(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn task_flag_queues_only_those_whatever_their_lease_postgres() {
+    task_flag_queues_only_those_whatever_their_lease(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn awaiting_completion_gets_one_pull_and_complete_refreshes_them_all_sqlite() {
+    awaiting_completion_gets_one_pull_and_complete_refreshes_them_all(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn awaiting_completion_gets_one_pull_and_complete_refreshes_them_all_postgres() {
+    awaiting_completion_gets_one_pull_and_complete_refreshes_them_all(StoreKind::Postgres).await;
 }

@@ -143,7 +143,6 @@ async fn redis_lost_mid_run_loses_nothing_and_the_next_run_finishes() {
     };
     let result = enqueue_once(&settings, &EnqueueArgs::default(), &observer).await;
     let pushed = observer.pushed_tasks.load(Ordering::SeqCst);
-    drop(observer);
     let error = result.expect_err("the run fails once Redis is gone");
     assert_eq!(error.exit_status(), ExitStatus::Unreachable, "{error}");
     assert!(
