@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use job_queue::testing::{RedisCluster, RedisServer};
@@ -10,9 +10,7 @@ use job_queue::{JobError, JobQueue, NewJob, PushOptions, QueueConfig, Retention,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_expire_and_memory_returns_to_baseline() {
-    let redis =
-        RedisServer::start_with_args(false, vec!["--enable-debug-command".into(), "local".into()])
-            .expect("redis");
+    let redis = RedisServer::start().expect("redis");
     let config = config(&redis, "retention")
         .concurrency(50)
         .retention(Retention {
@@ -33,6 +31,11 @@ async fn finished_jobs_expire_and_memory_returns_to_baseline() {
             Ok(())
         }
     });
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
     // Warm up (scripts loaded, worker registered), then take the baseline.
     queue
         .push(&TestJob { n: 1 }, PushOptions::default())
@@ -57,45 +60,98 @@ async fn finished_jobs_expire_and_memory_returns_to_baseline() {
         peak > baseline + 2_000_000,
         "jobs took memory: {baseline} → {peak}"
     );
-    // Settles trim the indexes; a trickle of jobs keeps settles running.
-    let mut polls = 0u32;
-    eventually("expired", Duration::from_secs(10), || {
-        polls += 1;
-        let trickle = polls.is_multiple_of(50);
-        let queue = queue.clone();
-        async move {
-            if trickle {
-                queue
-                    .push(&TestJob { n: 7 }, PushOptions::default())
-                    .await
-                    .expect("push");
-            }
-            let c = queue.counts().await.expect("counts");
-            c.done <= 3 && c.dead == 0
+
+    // Expiry. Job hashes expire by TTL; the done and dead indexes are trimmed
+    // by settles, so a trickle of jobs keeps settles running. The trickle jobs
+    // are refused (they die): their settles trim the done index without adding
+    // to it, so it empties and Redis deletes it. That matters for the memory
+    // figure: a sorted set that keeps even one member keeps the hash table it
+    // grew to for 40,000 members (65,536 buckets, 512 KiB) until enough later
+    // commands on that key finish Redis' incremental rehash. That is Redis'
+    // lazy shrinking, not queue data, and a trickle of *completed* jobs kept
+    // the done index alive with it (the old flake: after ≈ baseline + 560 KB,
+    // nearly all of it that bucket array). The check is on the keys themselves,
+    // not on `counts()`, which only counts entries within retention and so
+    // holds before the indexes are trimmed.
+    let done_key = "{test:retention}:done";
+    let dead_key = "{test:retention}:dead";
+    let mut trickle: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut next_trickle = Instant::now();
+    loop {
+        if Instant::now() >= next_trickle {
+            let pushed = queue
+                .push(&TestJob { n: 100 }, PushOptions::default())
+                .await
+                .expect("push");
+            trickle.push(pushed.id);
+            next_trickle = Instant::now() + Duration::from_millis(500);
         }
-    })
-    .await;
+        let done: u64 = redis::cmd("ZCARD")
+            .arg(done_key)
+            .query_async(&mut conn)
+            .await
+            .expect("zcard");
+        let dead: Vec<String> = redis::cmd("ZRANGE")
+            .arg(dead_key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("zrange");
+        let loaded_dead = dead.iter().filter(|id| !trickle.contains(id)).count();
+        // The (larger) key listing only once the indexes are trimmed.
+        let mut jobs: Vec<String> = Vec::new();
+        if done == 0 && loaded_dead == 0 {
+            jobs = redis::cmd("KEYS")
+                .arg("{test:retention}:job:*")
+                .query_async(&mut conn)
+                .await
+                .expect("keys");
+        }
+        let loaded_jobs = jobs
+            .iter()
+            .filter(|k| !trickle.iter().any(|id| k.ends_with(&format!(":job:{id}"))))
+            .count();
+        if done == 0 && loaded_dead == 0 && loaded_jobs == 0 {
+            assert!(!jobs.is_empty(), "the trickle jobs' hashes are there");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "load not expired within 10 s: done index {done}, dead index {} \
+             ({loaded_dead} not trickle), job hashes {} ({loaded_jobs} not trickle; listed once both are trimmed)",
+            dead.len(),
+            jobs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     worker.stop().await;
-    // No job data is left: at most the few trickle jobs still within retention.
-    let mut conn = redis::Client::open(redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let job_keys: Vec<String> = redis::cmd("KEYS")
-        .arg("{test:retention}:job:*")
-        .query_async(&mut conn)
-        .await
-        .expect("keys");
-    assert!(job_keys.len() <= 3, "{} job hashes left", job_keys.len());
-    // Memory: what remains above the baseline is Redis' own bucket arrays of
-    // the emptied index sets, which it shrinks lazily; it must be a small
-    // fraction of what the jobs took.
-    let after = redis.used_memory().expect("memory");
-    assert!(
-        after < baseline + (peak - baseline) / 10,
-        "memory back near its start: baseline {baseline}, peak {peak}, after {after}"
-    );
+
+    // Memory. Expired hashes are freed by Redis' active expiry and the emptied
+    // keyspace tables shrink in its cron, so give that a moment; the bound
+    // stays strict: 40,000 job hashes or untrimmed indexes are megabytes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = redis.used_memory().expect("memory");
+        if after < baseline + 400_000 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*")
+                .query_async(&mut conn)
+                .await
+                .expect("keys");
+            panic!(
+                "memory back near its start: baseline {baseline}, peak {peak}, after {after}; \
+                 {} keys left: {:?}",
+                keys.len(),
+                keys.iter().take(20).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
