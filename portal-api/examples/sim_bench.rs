@@ -85,7 +85,26 @@ fn task(id: &str) -> HostTask {
 struct Report {
     done: usize,
     elapsed: Duration,
+    /// CPU time (all threads, user + system) the run used.
+    cpu: Duration,
     latencies: Vec<Duration>,
+}
+
+/// CPU time used so far by this process, all threads (Linux
+/// `/proc/self/stat`, clock ticks of 1/100 s).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 impl Report {
@@ -103,6 +122,15 @@ impl Report {
             pct(0.5).as_secs_f64() * 1e3,
             pct(0.99).as_secs_f64() * 1e3,
         );
+        // The machine is shared: what the run cost in CPU says what two
+        // idle cores would do, whatever else was running.
+        let per_cpu_s = self.done as f64 / self.cpu.as_secs_f64().max(1e-9);
+        println!(
+            "  CPU {:.2} s (client and simulator together) = {:.0} {unit} per CPU-second, {:.0} {unit}/s on 2 idle cores",
+            self.cpu.as_secs_f64(),
+            per_cpu_s,
+            per_cpu_s * 2.0
+        );
     }
 }
 
@@ -114,6 +142,7 @@ where
 {
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -136,9 +165,11 @@ where
     for w in workers {
         latencies.extend(w.await??);
     }
+    let elapsed = started.elapsed();
     Ok(Report {
         done: total,
-        elapsed: started.elapsed(),
+        elapsed,
+        cpu: cpu_time().saturating_sub(cpu_before),
         latencies,
     })
 }
