@@ -533,3 +533,44 @@ async fn a_bad_base_url_or_package_size_fails_when_building_the_client() {
     .expect("ok");
     assert_eq!(ok.base_url(), "http://portal.example/api");
 }
+
+/// A stricter portal plugged in through the validator seam.
+struct NoDoses;
+
+impl portal_api::sim::TaskValidator for NoDoses {
+    fn validate(&self, task: &task_model::HostTask) -> Result<(), String> {
+        if task
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.get("dose").is_some())
+        {
+            return Err("parameters.dose: not accepted by this portal".into());
+        }
+        portal_api::sim::BasicValidator.validate(task)
+    }
+}
+
+#[tokio::test]
+async fn a_custom_validator_plugs_into_the_simulator() {
+    let mut config = SimConfig::new(KEY);
+    config.validator = std::sync::Arc::new(NoDoses);
+    let sim = start_sim(config).await;
+    let client = client(sim.url());
+    let mut dosed = task("dose-1");
+    dosed.parameters = Some(json!({"dose": 3}));
+    let err = client.submit_tasks(&[dosed]).await.expect_err("refused");
+    assert!(err.to_string().contains("parameters.dose"), "{err}");
+    // The basic checks still apply through the seam.
+    let mut no_email = task("dose-2");
+    no_email.subject.users[0].email = None;
+    let err = client.submit_tasks(&[no_email]).await.expect_err("refused");
+    assert!(err.to_string().contains("email: required"), "{err}");
+    assert_eq!(
+        client
+            .submit_tasks(&[task("dose-3")])
+            .await
+            .expect("ok")
+            .len(),
+        1
+    );
+}

@@ -360,7 +360,7 @@ async fn submit_tasks(State(shared): AppState, body: Bytes) -> Response {
         )));
     }
     for (i, task) in package.tasks.iter().enumerate() {
-        if let Err(e) = shared.validator.validate(task) {
+        if let Err(e) = shared.validator.validate_submitted(task) {
             return error(
                 StatusCode::BAD_REQUEST,
                 &format!("tasks[{i}] ({}): {e}", task.host_system_id),

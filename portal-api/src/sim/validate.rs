@@ -30,6 +30,20 @@ pub struct SubmittedTask {
 }
 
 impl SubmittedTask {
+    /// The same task with its documents as raw JSON.
+    pub fn from_host_task(task: &HostTask) -> Result<SubmittedTask, serde_json::Error> {
+        let raw = serde_json::value::to_raw_value;
+        Ok(SubmittedTask {
+            host_system_id: task.host_system_id.clone(),
+            display_name: task.display_name.clone(),
+            instrument: raw(&task.instrument)?,
+            form: raw(&task.form)?,
+            subject: task.subject.clone(),
+            parameters: task.parameters.as_ref().map(raw).transpose()?,
+            assessment: task.assessment.as_ref().map(raw).transpose()?,
+        })
+    }
+
     /// The same task with its documents parsed.
     pub fn to_host_task(&self) -> Result<HostTask, serde_json::Error> {
         let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get());
@@ -82,7 +96,15 @@ impl Clone for SubmittedTask {
 /// Checks one submitted task; the error text becomes the portal's 400
 /// `error` (prefixed with the task's position and id by the caller).
 pub trait TaskValidator: Send + Sync + 'static {
-    fn validate(&self, task: &SubmittedTask) -> Result<(), String>;
+    fn validate(&self, task: &HostTask) -> Result<(), String>;
+
+    /// What the simulator calls, with the documents still raw. The default
+    /// parses them and calls [`TaskValidator::validate`]; [`BasicValidator`]
+    /// checks the raw documents directly (the fast path of load runs).
+    fn validate_submitted(&self, task: &SubmittedTask) -> Result<(), String> {
+        let host = task.to_host_task().map_err(|e| format!("documents: {e}"))?;
+        self.validate(&host)
+    }
 }
 
 /// Required fields, a subject with users who all have an e-mail, and the
@@ -113,7 +135,12 @@ fn head<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T, Stri
 }
 
 impl TaskValidator for BasicValidator {
-    fn validate(&self, task: &SubmittedTask) -> Result<(), String> {
+    fn validate(&self, task: &HostTask) -> Result<(), String> {
+        let raw = SubmittedTask::from_host_task(task).map_err(|e| format!("documents: {e}"))?;
+        self.validate_submitted(&raw)
+    }
+
+    fn validate_submitted(&self, task: &SubmittedTask) -> Result<(), String> {
         require_text("host_system_id", &task.host_system_id)?;
         require_text("display_name", &task.display_name)?;
         let subject = &task.subject;
