@@ -79,6 +79,14 @@ async fn run_all(backend: &str, tasks: usize) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Rows per stream page: `STORE_BENCH_PAGE`, else the store's default.
+fn page_size() -> usize {
+    std::env::var("STORE_BENCH_PAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(task_model::store::DEFAULT_PAGE_SIZE)
+}
+
 fn peak_rss_mb() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -158,6 +166,20 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
             }
             report("import", tasks, started);
         }
+        "stream-only" => {
+            // Diagnostic: the stream alone, no leases.
+            let started = Instant::now();
+            let later = Utc::now() + Duration::hours(2);
+            let mut query = DueQuery::new(vec![LocalStatus::AwaitingSubmission], later);
+            query.batch_size = page_size();
+            let mut due = store.stream_due(query);
+            let mut n = 0usize;
+            while let Some(item) = due.next().await {
+                item?;
+                n += 1;
+            }
+            report("stream only", n, started);
+        }
         "stream" | "stream-single" => {
             // `stream` leases a page's packages (25 of 20) in one call, as
             // the enqueue does; `stream-single` makes one call per package.
@@ -171,7 +193,8 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
             };
             let until = now + Duration::minutes(30);
             let started = Instant::now();
-            let query = DueQuery::new(vec![LocalStatus::AwaitingSubmission], now);
+            let mut query = DueQuery::new(vec![LocalStatus::AwaitingSubmission], now);
+            query.batch_size = page_size();
             let page = query.batch_size;
             let mut due = store.stream_due(query);
             let mut package = Vec::with_capacity(PACKAGE);

@@ -117,6 +117,22 @@ async fn import_round_trips_a_task(store: AnyStore) {
     assert_eq!(loaded.task, expected);
     assert_eq!(loaded.status, LocalStatus::AwaitingSubmission);
     assert_eq!((loaded.portal, loaded.error), (None, None));
+    // Explicit nulls are absent optionals; pretty-printed input reads the same.
+    let mut nulls = task_json("t-2", 3);
+    nulls["parameters"] = Value::Null;
+    nulls["assessment"] = Value::Null;
+    let pretty = serde_json::to_string_pretty(&json!([nulls])).expect("json");
+    let report = store
+        .import(std::io::Cursor::new(pretty.into_bytes()))
+        .await
+        .expect("import");
+    assert_eq!(report.inserted, 1, "{report:?}");
+    let loaded = load_one(&store, "t-2").await;
+    assert_eq!(
+        (loaded.task.parameters, loaded.task.assessment),
+        (None, None)
+    );
+    assert_eq!(loaded.task.instrument, nulls["instrument"]);
 }
 
 async fn import_reports_bad_lines_and_lands_the_good_ones(store: AnyStore) {
@@ -448,6 +464,38 @@ async fn lease_takes_only_tasks_no_other_job_holds(store: AnyStore) {
     assert_eq!(store.release(&all, "job-b").await.expect("release"), 0);
 }
 
+async fn lease_many_gives_each_task_to_one_request(store: AnyStore) {
+    let all = ids("m", 5);
+    import_tasks(&store, &all).await;
+    let now = Utc::now();
+    let until = now + Duration::minutes(5);
+    store
+        .lease(LeaseRequest::new(vec![all[4].clone()], "other", until, now))
+        .await
+        .expect("lease");
+    let got = store
+        .lease_many(&[
+            LeaseRequest::new(all[0..3].to_vec(), "job-1", until, now),
+            LeaseRequest::new(all[2..4].to_vec(), "job-2", until, now),
+            LeaseRequest::new(vec![all[4].clone()], "job-3", until, now),
+            LeaseRequest::new(vec![], "job-4", until, now),
+        ])
+        .await
+        .expect("lease many");
+    assert_eq!(
+        got,
+        vec![all[0..3].to_vec(), vec![all[3].clone()], vec![], vec![]]
+    );
+    assert_eq!(
+        store.release(&all[2..3], "job-2").await.expect("release"),
+        0
+    );
+    assert_eq!(
+        store.release(&all[2..3], "job-1").await.expect("release"),
+        1
+    );
+}
+
 async fn write_back_is_monotonic_idempotent_and_counted(store: AnyStore) {
     let all = ids("w", 3);
     import_tasks(&store, &all).await;
@@ -710,6 +758,7 @@ conformance!(
     stream_reports_bad_host_rows_and_goes_on,
     load_answers_in_the_order_asked,
     lease_takes_only_tasks_no_other_job_holds,
+    lease_many_gives_each_task_to_one_request,
     write_back_is_monotonic_idempotent_and_counted,
     write_back_conflict_changes_nothing_and_is_recorded,
     racing_write_backs_never_move_a_task_backwards,

@@ -2,24 +2,27 @@
 //! record on a blocking thread and handed to the backend in batches, so the
 //! input never has to fit in memory and one bad record costs only itself.
 //!
-//! Each good record becomes a [`PreparedTask`]: its columns as stored, with
-//! the instrument and form serialized once and keyed by the SHA-256 of that
-//! text (serde_json writes object keys sorted, so equal documents hash
-//! equally whatever key order the input used).
+//! Each good record becomes a [`PreparedTask`]: its columns as stored. The
+//! instrument and form are checked to be JSON but kept as the text given
+//! (parsing them into values and writing them out again was most of an
+//! import's time), keyed by the SHA-256 of that text: documents written the
+//! same way are stored once.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 
+use serde::Deserialize;
 use serde::de::{SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::row::json_problem;
 use super::{ImportReport, SkippedRecord, StoreError};
-use crate::task::{HostTask, LocalStatus, TaskId};
+use crate::task::{LocalStatus, Subject, TaskId};
 
 /// Where a record sits in the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,8 +60,9 @@ pub(crate) struct Document {
 }
 
 impl Document {
-    fn of(value: &Value) -> Document {
-        let body = value.to_string();
+    /// Keys the document by the SHA-256 of its JSON text, as given.
+    fn of(raw: &RawValue) -> Document {
+        let body = raw.get().to_string();
         let digest = Sha256::digest(body.as_bytes());
         let mut hash = String::with_capacity(64);
         for byte in digest {
@@ -68,6 +72,25 @@ impl Document {
         }
         Document { hash, body }
     }
+}
+
+/// A host task as read for import: the [`HostTask`] shape, key for key
+/// (unknown keys refused), with the documents kept as the JSON text given
+/// rather than parsed into values and written out again.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRecord<'a> {
+    host_system_id: TaskId,
+    display_name: String,
+    #[serde(borrow)]
+    instrument: &'a RawValue,
+    #[serde(borrow)]
+    form: &'a RawValue,
+    subject: Subject,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    assessment: Option<&'a RawValue>,
 }
 
 /// A good record, as the columns it is stored in.
@@ -84,13 +107,16 @@ pub(crate) struct PreparedTask {
 }
 
 impl PreparedTask {
-    fn from_host(position: RecordPosition, task: HostTask) -> Result<PreparedTask, ImportError> {
+    fn from_record(
+        position: RecordPosition,
+        record: ImportRecord<'_>,
+    ) -> Result<PreparedTask, ImportError> {
         let fail = |message: String| ImportError {
             position,
-            task_id: Some(task.host_system_id.clone()),
+            task_id: Some(record.host_system_id.clone()),
             message,
         };
-        if task.host_system_id.trim().is_empty() {
+        if record.host_system_id.trim().is_empty() {
             return Err(ImportError {
                 position,
                 task_id: None,
@@ -99,24 +125,30 @@ impl PreparedTask {
         }
         // PostgreSQL text cannot hold NUL; refuse it on both backends alike.
         for (field, text) in [
-            ("host_system_id", &task.host_system_id),
-            ("display_name", &task.display_name),
+            ("host_system_id", &record.host_system_id),
+            ("display_name", &record.display_name),
         ] {
             if text.contains('\0') {
                 return Err(fail(format!("{field} contains a NUL character")));
             }
         }
-        let subject = serde_json::to_string(&task.subject)
+        let subject = serde_json::to_string(&record.subject)
             .map_err(|e| fail(format!("subject cannot be stored: {e}")))?;
+        // A JSON `null` is an absent optional, as in [`HostTask`].
+        let optional = |raw: Option<&RawValue>| {
+            raw.map(|r| r.get())
+                .filter(|text| text.trim() != "null")
+                .map(str::to_string)
+        };
         Ok(PreparedTask {
             position,
-            instrument: Document::of(&task.instrument),
-            form: Document::of(&task.form),
+            instrument: Document::of(record.instrument),
+            form: Document::of(record.form),
             subject,
-            parameters: task.parameters.as_ref().map(Value::to_string),
-            initial_assessment: task.assessment.as_ref().map(Value::to_string),
-            display_name: task.display_name,
-            id: task.host_system_id,
+            parameters: optional(record.parameters),
+            initial_assessment: optional(record.assessment),
+            display_name: record.display_name,
+            id: record.host_system_id,
         })
     }
 }
@@ -137,24 +169,12 @@ fn id_of_value(value: &Value) -> Option<TaskId> {
         .map(str::to_string)
 }
 
-fn parse_value(position: RecordPosition, value: Value) -> Parsed {
-    let task_id = id_of_value(&value);
-    match serde_json::from_value::<HostTask>(value) {
-        Ok(task) => PreparedTask::from_host(position, task),
-        Err(e) => Err(ImportError {
-            position,
-            task_id,
-            message: format!("not a task: {}", json_problem(&e)),
-        }),
-    }
-}
-
-fn parse_line(number: u64, line: &[u8]) -> Parsed {
-    let position = RecordPosition::Line(number);
-    match serde_json::from_slice::<HostTask>(line) {
-        Ok(task) => PreparedTask::from_host(position, task),
+/// Parses one record's JSON text.
+fn parse_record(position: RecordPosition, text: &[u8]) -> Parsed {
+    match serde_json::from_slice::<ImportRecord<'_>>(text) {
+        Ok(record) => PreparedTask::from_record(position, record),
         Err(e) => {
-            let task_id = serde_json::from_slice::<Value>(line)
+            let task_id = serde_json::from_slice::<Value>(text)
                 .ok()
                 .as_ref()
                 .and_then(id_of_value);
@@ -224,7 +244,7 @@ fn parse_ndjson<R: BufRead>(mut input: R, lines_before: u64, out: &mut Batcher) 
         if text.is_empty() {
             continue;
         }
-        if !out.push(parse_line(number, text)) {
+        if !out.push(parse_record(RecordPosition::Line(number), text)) {
             return;
         }
     }
@@ -245,13 +265,11 @@ impl<'de> Visitor<'de> for Elements<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(value) = seq.next_element::<Value>()? {
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
             let index = *self.seen;
             *self.seen += 1;
-            if !self
-                .out
-                .push(parse_value(RecordPosition::Index(index), value))
-            {
+            let parsed = parse_record(RecordPosition::Index(index), raw.get().as_bytes());
+            if !self.out.push(parsed) {
                 break;
             }
         }
@@ -506,12 +524,12 @@ mod tests {
     const TASK: &str = r#"{"host_system_id":"t1","display_name":"T","instrument":{"b":1,"a":2},"form":{},"subject":{"host_system_id":"s","display_name":"S","users":[]}}"#;
 
     #[test]
-    fn documents_hash_equal_whatever_the_key_order() {
-        let a = Document::of(&serde_json::json!({"a": 1, "b": [1, 2]}));
-        let b: Value = serde_json::from_str(r#"{"b":[1,2],"a":1}"#).expect("json");
-        assert_eq!(a.hash, Document::of(&b).hash);
+    fn equal_documents_hash_equal() {
+        let raw = |t: &str| serde_json::from_str::<Box<RawValue>>(t).expect("json");
+        let a = Document::of(&raw(r#"{"a":1,"b":[1,2]}"#));
+        assert_eq!(a.hash, Document::of(&raw(r#"{"a":1,"b":[1,2]}"#)).hash);
         assert_eq!(a.hash.len(), 64);
-        assert_ne!(a.hash, Document::of(&serde_json::json!({"a": 2})).hash);
+        assert_ne!(a.hash, Document::of(&raw(r#"{"a":2}"#)).hash);
     }
 
     #[test]

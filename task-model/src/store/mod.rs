@@ -76,9 +76,13 @@ pub use import::{ImportError, RecordPosition};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// Tasks read per page while streaming, and records per import or write-back
-/// transaction, unless a caller says otherwise.
+/// Records per import or write-back transaction.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
+
+/// Tasks read per page while streaming, unless the query says otherwise.
+/// Small pages keep the working set (each task carries its documents) in
+/// cache; measured faster than 500 or more.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
 
 /// The task store contract. Implemented by [`SqliteStore`], [`PostgresStore`]
 /// and [`AnyStore`] (which forwards to either).
@@ -176,7 +180,7 @@ impl DueQuery {
         DueQuery {
             statuses,
             now,
-            batch_size: DEFAULT_BATCH_SIZE,
+            batch_size: DEFAULT_PAGE_SIZE,
         }
     }
 }

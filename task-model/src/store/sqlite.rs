@@ -91,7 +91,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Room for a whole page of rows, so the connection's worker thread
+            // runs a page query without waiting for the reader.
+            .row_buffer_size(DEFAULT_BATCH_SIZE);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
