@@ -425,9 +425,71 @@ async fn main() -> Result<(), Error> {
     // one worker process, concurrency 50, 50,000 queued
     let q = JobQueue::connect(config(&url, "drain50k")?).await?;
     push_ours(&q, 50_000).await?;
+    let slowlog = std::env::var_os("BENCH_SLOWLOG").is_some();
+    let cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    if slowlog {
+        cli(&["config", "set", "slowlog-max-len", "3000"]);
+        cli(&["config", "set", "slowlog-log-slower-than", "0"]);
+        cli(&["slowlog", "reset"]);
+    }
     let rcpu0 = redis_cpu_ms(&redis);
     let (m, rss, wcpu) = child(&["worker", &url, "drain50k", "50000"])?;
     let rcpu1 = redis_cpu_ms(&redis);
+    if slowlog {
+        cli(&["config", "set", "slowlog-log-slower-than", "10000000"]);
+        let mut conn = redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(3000)
+            .query_async(&mut conn)
+            .await?;
+        let mut by: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+        for e in entries {
+            let redis::Value::Array(f) = e else { continue };
+            let dur = match f.get(2) {
+                Some(redis::Value::Int(d)) => *d as u64,
+                _ => 0,
+            };
+            let Some(redis::Value::Array(argv)) = f.get(3) else {
+                continue;
+            };
+            let text = |v: &redis::Value| match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            };
+            let name = argv.first().map(text).unwrap_or_default();
+            let key = if name.eq_ignore_ascii_case("evalsha") {
+                format!(
+                    "evalsha {} key {}",
+                    &text(&argv[1])[..8],
+                    argv.get(3).map(text).unwrap_or_default()
+                )
+            } else {
+                name
+            };
+            let n: u64 = argv
+                .get(5)
+                .map(text)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            let ent = by.entry(key).or_default();
+            ent.0 += 1;
+            ent.1 += dur;
+            ent.2 += n;
+        }
+        for (k, (calls, us, n)) in by {
+            println!("  slowlog {k}: {calls} calls, {us} us, arg5 sum {n}");
+        }
+    }
     println!(
         "ours   drain     {:>7} jobs: {:>7.3} s = {:>8.0} jobs/s  (1 worker process, concurrency 50, no-op; peak RSS {:.1} MB; CPU per job: worker {:.1} us, redis {:.1} us)",
         50_000,
