@@ -8,7 +8,7 @@
 //!   portal is not refusing our key; otherwise 503. The body says which
 //!   check failed, in JSON.
 //! - `/metrics` is the Prometheus text exposition of [`Metrics`]; the queue
-//!   gauges are read from the queue at scrape time.
+//!   gauges and `worker_ready` are brought up to date at scrape time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,7 +80,9 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// Runs every readiness check (each bounded by [`CHECK_TIMEOUT`]) and keeps
+/// the `worker_ready` gauge in step.
+async fn ready_report(state: &AppState) -> ReadyReport {
     let (redis, store) = tokio::join!(
         with_timeout("redis", state.probes.check_queue()),
         with_timeout("store", state.probes.check_store()),
@@ -88,13 +90,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let portal = state.probes.check_portal();
     let ready = redis.is_none() && store.is_none() && portal.is_none();
     state.metrics.set_ready(ready);
-    let report = ReadyReport {
+    ReadyReport {
         ready,
         redis: describe(&redis),
         store: describe(&store),
         portal: describe(&portal),
-    };
-    let status = if ready {
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let report = ready_report(&state).await;
+    let status = if report.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -103,6 +109,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> Response {
+    ready_report(&state).await;
     if let Ok(Some((pending, running, dead))) =
         tokio::time::timeout(CHECK_TIMEOUT, state.probes.queue_counts()).await
     {

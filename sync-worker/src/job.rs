@@ -91,7 +91,7 @@ pub fn classify(err: &HandlerError, attempt: u32, limits: &JobLimits) -> Classif
             outcome: JobOutcome::Failed,
             record_on_tasks: true,
         },
-        HandlerError::Store(_) => Classified {
+        HandlerError::Store(_) | HandlerError::StoreStopped => Classified {
             error: JobError::retry_after(message, limits.retry.backoff(attempt)),
             outcome: JobOutcome::Retried,
             record_on_tasks: false,
@@ -273,7 +273,6 @@ async fn run_job(
                     rejected = report.rejected,
                     skipped = report.skipped,
                     updated = report.updated,
-                    ignored = report.ignored,
                     acknowledged = report.acknowledged,
                     ack_conflicts = report.ack_conflicts,
                     took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
@@ -340,7 +339,11 @@ async fn release_task_leases(ctx: &JobContext, job: &SyncJob, job_id: &str) {
     if job.task_ids.is_empty() || job_id.is_empty() {
         return;
     }
-    if let Err(e) = ctx.store.release(&job.task_ids, job_id).await {
+    if let Err(e) = ctx
+        .batch
+        .release(job.task_ids.clone(), job_id.to_owned())
+        .await
+    {
         tracing::warn!(error = %e, "could not release the job's task leases; they lapse on their own");
     }
 }

@@ -30,6 +30,7 @@ pub mod portal;
 pub mod rate_limit;
 pub mod settings;
 pub mod signals;
+pub mod store_batch;
 pub mod worker;
 
 pub use handlers::{JobContext, JobReport, pull_updates, refresh_tasks, submit_package};

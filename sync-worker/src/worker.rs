@@ -53,8 +53,6 @@ pub struct WorkerOptions {
 pub enum WorkerError {
     #[error(transparent)]
     Http(#[from] HttpError),
-    #[error("settings: {0}")]
-    Settings(String),
     #[error(transparent)]
     Queue(#[from] job_queue::QueueError),
     #[error(transparent)]
@@ -218,9 +216,11 @@ impl Worker {
             }
             None => None,
         };
+        let batch = crate::store_batch::StoreBatcher::start(store.clone(), metrics.clone());
         Ok(Worker {
             ctx: JobContext {
                 store,
+                batch,
                 portal,
                 metrics,
             },

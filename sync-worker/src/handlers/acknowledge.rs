@@ -84,8 +84,8 @@ async fn acknowledge_one(
                 let Some(fresh) = ctx.portal.get_task(&task.code).await? else {
                     return Ok(AckOutcome::Left { conflicts, updated });
                 };
-                let (wb, durable) = write_back_counted(ctx, std::slice::from_ref(&fresh)).await?;
-                updated += wb.applied;
+                let durable = write_back_counted(ctx, std::slice::from_ref(&fresh)).await?;
+                updated += durable.len() as u64;
                 if durable.is_empty() {
                     return Ok(AckOutcome::Left { conflicts, updated });
                 }

@@ -26,16 +26,19 @@ pub use refresh::refresh_tasks;
 pub use submit::submit_package;
 
 use portal_api::PortalError;
-use task_model::store::{AnyStore, StoreError, TaskStore, WriteBackReport};
+use task_model::store::{AnyStore, StoreError, TaskStore};
 use task_model::{PortalTask, TaskId};
 
 use crate::metrics::Metrics;
 use crate::portal::Portal;
+use crate::store_batch::{BatchError, StoreBatcher};
 
-/// What a handler needs: the store, the portal, the metrics.
+/// What a handler needs: the store (batched for loads, write-backs and
+/// releases), the portal, the metrics.
 #[derive(Clone, Debug)]
 pub struct JobContext {
     pub store: AnyStore,
+    pub batch: StoreBatcher,
     pub portal: Portal,
     pub metrics: Metrics,
 }
@@ -50,6 +53,18 @@ pub enum HandlerError {
     /// The store failed; the database may be back on the next attempt.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store batcher stopped under us (the worker is shutting down).
+    #[error("the store batcher has stopped (shutting down)")]
+    StoreStopped,
+}
+
+impl From<BatchError> for HandlerError {
+    fn from(e: BatchError) -> HandlerError {
+        match e {
+            BatchError::Store(e) => HandlerError::Store(e),
+            BatchError::Stopped => HandlerError::StoreStopped,
+        }
+    }
 }
 
 /// What one successful attempt did, in task counts.
@@ -65,57 +80,35 @@ pub struct JobReport {
     /// Tasks that failed validation or that the portal rejected; each
     /// carries the error in the store.
     pub rejected: u64,
-    /// Portal states written back (refresh, pull).
+    /// Portal states durable in the store after this job's write-backs
+    /// (applied now, or already held; stale ones are counted in the metrics).
     pub updated: u64,
-    /// Updates the store ignored as stale, repeated or backwards.
-    pub ignored: u64,
     /// Acknowledgements the portal accepted.
     pub acknowledged: u64,
     /// Acknowledgements answered 409 and resolved by reading again.
     pub ack_conflicts: u64,
 }
 
-/// Writes `updates` back and counts the outcome in the metrics. Answers the
-/// report and the ids whose update is durable in the store (everything but
-/// unknown tasks, unreadable rows and identity conflicts).
+/// Writes `updates` back (batched with other jobs' write-backs; the counts
+/// go to the metrics there). Answers the ids whose update is durable in the
+/// store (everything but unknown tasks, unreadable rows and identity
+/// conflicts); conflicts are recorded as the task's error.
 async fn write_back_counted(
     ctx: &JobContext,
     updates: &[PortalTask],
-) -> Result<(WriteBackReport, Vec<TaskId>), StoreError> {
+) -> Result<Vec<TaskId>, HandlerError> {
     if updates.is_empty() {
-        return Ok((WriteBackReport::default(), Vec::new()));
+        return Ok(Vec::new());
     }
-    let report = ctx.store.write_back(updates).await?;
-    let m = &ctx.metrics;
-    m.written_back("applied", report.applied);
-    m.written_back("repeated", report.repeated);
-    m.written_back("stale", report.stale);
-    m.written_back("backwards", report.backwards);
-    m.written_back("conflict", report.conflicts.len() as u64);
-    m.written_back("unknown", report.unknown.len() as u64);
-    m.written_back("bad_row", report.bad_rows.len() as u64);
-    m.stale_ignored(report.stale + report.backwards);
-    for (id, why) in &report.conflicts {
+    let outcome = ctx.batch.write_back(updates.to_vec()).await?;
+    for (id, why) in &outcome.conflicts {
         tracing::warn!(task_id = %id, reason = %why, "portal state contradicts the stored one; not applied");
         ctx.store
             .record_error(id, &format!("portal state not applied: {why}"))
             .await?;
     }
-    for id in &report.unknown {
+    for id in &outcome.unknown {
         tracing::warn!(task_id = %id, "portal reports a task the store does not hold");
     }
-    let refused: std::collections::HashSet<&str> = report
-        .conflicts
-        .iter()
-        .map(|(id, _)| id.as_str())
-        .chain(report.unknown.iter().map(String::as_str))
-        .chain(report.bad_rows.iter().map(|r| r.task_id()))
-        .collect();
-    let durable = updates
-        .iter()
-        .map(|u| &u.host_system_id)
-        .filter(|id| !refused.contains(id.as_str()))
-        .cloned()
-        .collect();
-    Ok((report, durable))
+    Ok(outcome.durable)
 }

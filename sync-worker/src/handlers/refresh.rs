@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 
-use task_model::store::TaskStore;
 use task_model::{PortalTask, TaskId};
 
 use super::acknowledge::acknowledge_all;
@@ -20,7 +19,7 @@ use super::{HandlerError, JobContext, JobReport, write_back_counted};
 pub async fn refresh_tasks(ctx: &JobContext, ids: &[TaskId]) -> Result<JobReport, HandlerError> {
     let mut report = JobReport::default();
     let mut known: Vec<TaskId> = Vec::with_capacity(ids.len());
-    for loaded in ctx.store.load(ids).await? {
+    for loaded in ctx.batch.load(ids.to_vec()).await? {
         match loaded {
             Ok(task) => known.push(task.task.host_system_id),
             Err(row) => {
@@ -51,9 +50,8 @@ pub(super) async fn apply_and_acknowledge(
     found: Vec<PortalTask>,
     report: &mut JobReport,
 ) -> Result<HashSet<TaskId>, HandlerError> {
-    let (wb, durable) = write_back_counted(ctx, &found).await?;
-    report.updated += wb.applied;
-    report.ignored += wb.ignored();
+    let durable = write_back_counted(ctx, &found).await?;
+    report.updated += durable.len() as u64;
     let durable: HashSet<TaskId> = durable.into_iter().collect();
     let to_ack: Vec<PortalTask> = found
         .into_iter()

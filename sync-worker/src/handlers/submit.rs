@@ -34,7 +34,7 @@ pub async fn submit_package(
 ) -> Result<JobReport, HandlerError> {
     let mut report = JobReport::default();
     let mut pending: Vec<HostTask> = Vec::with_capacity(ids.len());
-    for loaded in ctx.store.load(ids).await? {
+    for loaded in ctx.batch.load(ids.to_vec()).await? {
         match loaded {
             Ok(task) if task.status == LocalStatus::AwaitingSubmission => {
                 match validate_task(&task.task) {
@@ -187,9 +187,8 @@ async fn flush(
         return Ok(());
     }
     let batch = std::mem::take(answers);
-    let (wb, durable) = write_back_counted(ctx, &batch).await?;
-    report.updated += wb.applied;
-    report.ignored += wb.ignored();
+    let durable = write_back_counted(ctx, &batch).await?;
+    report.updated += durable.len() as u64;
     let durable: HashSet<TaskId> = durable.into_iter().collect();
     let to_ack: Vec<PortalTask> = batch
         .into_iter()

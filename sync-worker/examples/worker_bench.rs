@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p sync-worker --bins --examples
-//! target/release/examples/bench [--tasks 20000] [--scale-tasks 8000]
+//! target/release/examples/worker_bench [--tasks 20000] [--scale-tasks 8000]
 //! ```
 //! (with `CARGO_TARGET_DIR`, the binaries are under that directory.)
 //!
@@ -165,7 +165,10 @@ fn spawn_worker(settings: &Path) -> Child {
         .arg(settings)
         .arg("--http-bind")
         .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
