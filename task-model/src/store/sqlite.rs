@@ -3,9 +3,10 @@
 //!
 //! The file runs in WAL mode (readers never block the writer) with a busy
 //! timeout, so several processes (the enqueue run, a few workers, the host)
-//! can share it. Every write is a `BEGIN IMMEDIATE` transaction: it takes the
-//! write lock up front, so a transaction never fails halfway on a lock
-//! upgrade. Lists of ids are bound as one JSON array and unpacked with
+//! can share it. A write is either one statement (SQLite takes the write lock
+//! at its first step, waiting out the busy timeout) or a `BEGIN IMMEDIATE`
+//! transaction (which takes the lock up front), so no write fails halfway on
+//! a lock upgrade. Lists of ids are bound as one JSON array and unpacked with
 //! `json_each`, so each statement is prepared once whatever the list length.
 
 use std::collections::{HashMap, HashSet};
@@ -536,44 +537,49 @@ impl TaskStore for SqliteStore {
     }
 
     async fn lease_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskId>>, StoreError> {
-        let mut per_request: Vec<Vec<TaskId>> = vec![Vec::new(); requests.len()];
-        for (id, index) in super::lease_rows(requests) {
-            per_request[index].push(id.to_string());
-        }
-        let mut answers = Vec::with_capacity(requests.len());
-        if per_request.iter().all(Vec::is_empty) {
-            answers.resize(requests.len(), Vec::new());
+        let mut answers = vec![Vec::new(); requests.len()];
+        let rows = super::lease_rows(requests);
+        if rows.is_empty() {
             return Ok(answers);
         }
-        let op = StoreError::query("lease tasks");
-        let mut tx = self.begin().await?;
-        for (request, ids) in requests.iter().zip(&per_request) {
-            if ids.is_empty() {
-                answers.push(Vec::new());
-                continue;
-            }
-            let rows = sqlx::query(
-                "UPDATE tasks SET lease_job = ?1, lease_until = ?2 \
-                 WHERE host_system_id IN (SELECT value FROM json_each(?3)) \
-                 AND (?4 OR lease_until IS NULL OR lease_until <= ?5 OR lease_job = ?1) \
-                 RETURNING host_system_id",
-            )
-            .bind(&request.job_id)
-            .bind(row::lease_millis(request.until))
-            .bind(ids_json(ids))
-            .bind(request.force)
-            .bind(row::lease_millis(request.now))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::query("lease tasks"))?;
-            let got: HashSet<String> = rows
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, _>>()
-                .map_err(StoreError::query("lease tasks"))?;
-            answers.push(ids.iter().filter(|id| got.contains(*id)).cloned().collect());
+        let leases: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(id, i)| {
+                let r = &requests[*i];
+                serde_json::json!({
+                    "id": id,
+                    "job": r.job_id,
+                    "until": row::lease_millis(r.until),
+                    "now": row::lease_millis(r.now),
+                    "force": r.force,
+                })
+            })
+            .collect();
+        // One statement (a write transaction of its own from its first
+        // step, so it waits for the lock rather than failing halfway).
+        let leased = sqlx::query(
+            "UPDATE tasks SET lease_job = u.job, lease_until = u.until \
+             FROM (SELECT value ->> 'id' AS id, value ->> 'job' AS job, \
+                          value ->> 'until' AS until, value ->> 'now' AS now, \
+                          value ->> 'force' AS force FROM json_each(?1)) AS u \
+             WHERE tasks.host_system_id = u.id \
+             AND (u.force OR tasks.lease_until IS NULL OR tasks.lease_until <= u.now \
+                  OR tasks.lease_job = u.job) \
+             RETURNING host_system_id",
+        )
+        .bind(serde_json::Value::Array(leases).to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("lease tasks"))?;
+        let mut got: HashSet<String> = HashSet::with_capacity(leased.len());
+        for r in &leased {
+            got.insert(r.try_get(0).map_err(StoreError::query("lease tasks"))?);
         }
-        tx.commit().await.map_err(op)?;
+        for (id, index) in rows {
+            if got.contains(id) {
+                answers[index].push(id.to_string());
+            }
+        }
         Ok(answers)
     }
 
@@ -581,20 +587,15 @@ impl TaskStore for SqliteStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let op = StoreError::query("release tasks");
-        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE tasks SET lease_job = NULL, lease_until = NULL \
              WHERE host_system_id IN (SELECT value FROM json_each(?1)) AND lease_job = ?2",
         )
         .bind(ids_json(ids))
         .bind(job_id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
-        .map_err(op)?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("release tasks"))?;
+        .map_err(StoreError::query("release tasks"))?;
         Ok(done.rows_affected())
     }
 
@@ -621,8 +622,6 @@ impl TaskStore for SqliteStore {
     }
 
     async fn record_error(&self, id: &str, message: &str) -> Result<bool, StoreError> {
-        let op = StoreError::query("record error");
-        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE tasks SET error_message = ?1, error_attempts = error_attempts + 1, \
              error_at = ?2 WHERE host_system_id = ?3",
@@ -630,12 +629,9 @@ impl TaskStore for SqliteStore {
         .bind(message)
         .bind(row::timestamp_text(Utc::now()))
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
-        .map_err(op)?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("record error"))?;
+        .map_err(StoreError::query("record error"))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -643,20 +639,15 @@ impl TaskStore for SqliteStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let op = StoreError::query("clear error");
-        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE tasks SET error_message = NULL, error_attempts = 0, error_at = NULL \
              WHERE host_system_id IN (SELECT value FROM json_each(?1)) \
              AND (error_message IS NOT NULL OR error_attempts <> 0)",
         )
         .bind(ids_json(ids))
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
-        .map_err(op)?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("clear error"))?;
+        .map_err(StoreError::query("clear error"))?;
         Ok(done.rows_affected())
     }
 
