@@ -544,18 +544,45 @@ impl JobQueue {
         let keys = &self.inner.config.keys;
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("HGETALL").arg(keys.job(id));
+            pipe.cmd("HGETALL")
+                .arg(keys.job(id))
+                .cmd("ZSCORE")
+                .arg(keys.leased())
+                .arg(id);
         }
-        let maps: Vec<HashMap<String, Vec<u8>>> = self
+        let answers: Vec<(HashMap<String, Vec<u8>>, Option<f64>)> = self
             .call("reading jobs", |mut conn| {
                 let pipe = &pipe;
-                async move { pipe.query_async(&mut conn).await }
+                async move {
+                    let flat: Vec<Value> = pipe.query_async(&mut conn).await?;
+                    let mut out = Vec::with_capacity(flat.len() / 2);
+                    let mut it = flat.into_iter();
+                    while let (Some(h), Some(z)) = (it.next(), it.next()) {
+                        out.push((
+                            HashMap::<String, Vec<u8>>::from_redis_value(h)?,
+                            Option::<f64>::from_redis_value(z)?,
+                        ));
+                    }
+                    Ok(out)
+                }
             })
             .await?;
+        let vt = ms(self.inner.config.visibility_timeout);
         Ok(ids
             .iter()
-            .zip(maps)
-            .map(|(id, fields)| JobInfo::from_fields(id.clone(), fields))
+            .zip(answers)
+            .map(|(id, (fields, lease_expiry))| {
+                let mut job = JobInfo::from_fields(id.clone(), fields)?;
+                // A job is running while it is in the leased set (its hash is
+                // not rewritten when a lease starts).
+                if let Some(expiry) = lease_expiry {
+                    job.state = JobState::Running;
+                    job.attempts = job.attempts.saturating_add(1);
+                    job.leased_ms = Some((expiry as u64).saturating_sub(vt));
+                    job.worker = None;
+                }
+                Some(job)
+            })
             .collect())
     }
 

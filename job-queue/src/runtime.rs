@@ -501,6 +501,7 @@ impl Runtime {
                 .arg(delay)
                 .arg(&s.error);
         }
+        invocation.arg(self.worker_name());
         let mut conn = self.queue.inner.conn.clone();
         let flags: Vec<i64> = invocation.invoke_async(&mut conn).await?;
         Ok(flags.into_iter().map(|f| f == 1).collect())

@@ -1,4 +1,4 @@
--- Lease up to n jobs to a worker, after moving at most `batch` due scheduled
+-- Lease up to n jobs to a worker (ARGV worker is informational), after moving at most `batch` due scheduled
 -- jobs to pending and at most `batch` lapsed leases back (no unbounded work).
 -- KEYS[1] = {q}:pending
 -- ARGV: prefix, n, worker, visibility ms, batch, dead retention ms
@@ -32,14 +32,19 @@ local lapsed = redis.call('ZRANGEBYSCORE', leased, '-inf', now, 'LIMIT', 0, batc
 for _, id in ipairs(lapsed) do
   redis.call('ZREM', leased, id)
   local jk = prefix .. ':job:' .. id
-  local f = redis.call('HMGET', jk, 'attempts', 'max', 'state', 'idem', 'worker')
-  if f[3] == 'running' then
-    -- a new generation makes the old holder's ack stale
-    redis.call('HINCRBY', jk, 'gen', 1)
+  local f = redis.call('HMGET', jk, 'attempts', 'max', 'state', 'idem', 'gen')
+  -- every member of `leased` is a live lease (each lease end removes it);
+  -- skip only jobs whose data is gone
+  if f[3] then
+    -- the lapsed delivery counts as an attempt; a new generation makes the
+    -- old holder's outcome stale
+    local attempts = (tonumber(f[1]) or 0) + 1
+    local next_gen = (tonumber(f[5]) or 0) + 1
     redis.call('HINCRBY', stats, 'lapsed', 1)
-    local why = 'lease lapsed while held by worker ' .. tostring(f[5])
-    if (tonumber(f[1]) or 0) >= (tonumber(f[2]) or 1) then
-      redis.call('HSET', jk, 'state', 'dead', 'error', why, 'done_at', now)
+    local why = 'lease lapsed: the worker stopped renewing it'
+    if attempts >= (tonumber(f[2]) or 1) then
+      redis.call('HSET', jk, 'state', 'dead', 'error', why, 'done_at', now,
+        'attempts', attempts, 'gen', next_gen)
       redis.call('ZADD', prefix .. ':dead', now, id)
       redis.call('PEXPIRE', jk, dead_ret)
       if f[4] and f[4] ~= '' then
@@ -47,7 +52,7 @@ for _, id in ipairs(lapsed) do
         if redis.call('GET', ik) == id then redis.call('DEL', ik) end
       end
     else
-      redis.call('HSET', jk, 'state', 'pending', 'error', why)
+      redis.call('HSET', jk, 'state', 'pending', 'error', why, 'attempts', attempts, 'gen', next_gen)
       redis.call('LPUSH', pending, id)
     end
   end
@@ -64,9 +69,11 @@ if n > 0 then
       local jk = prefix .. ':job:' .. id
       local f = redis.call('HMGET', jk, 'payload', 'attempts', 'max', 'created', 'state', 'gen')
       if f[1] and f[5] == 'pending' then
+        -- The hash is not written here: membership of `leased` is what makes
+        -- the job running, `gen` (bumped whenever a lease ends) is the lease
+        -- token, and the attempt is recorded when the lease ends.
         local attempts = (tonumber(f[2]) or 0) + 1
-        local gen = (tonumber(f[6]) or 0) + 1
-        redis.call('HSET', jk, 'state', 'running', 'attempts', attempts, 'gen', gen, 'worker', worker, 'lease_at', now)
+        local gen = tonumber(f[6]) or 0
         lease[#lease + 1] = expiry
         lease[#lease + 1] = id
         jobs[#jobs + 1] = id

@@ -35,13 +35,16 @@ for i = 0, n - 1 do
     end
   end
   local jk = prefix .. ':job:' .. id
+  local old_gen = nil
   -- a fresh ULID cannot exist yet: skip the lookup unless this is a retry
   if not dup and (check_generated or not generated) then
     local st = redis.call('HGET', jk, 'state')
     if st and active[st] then
       dup = id
     elseif st then
-      -- a finished job of the same id: start a new life
+      -- a finished job of the same id: start a new life, keeping the
+      -- generation counter so no outcome of the old life can match
+      old_gen = redis.call('HGET', jk, 'gen')
       redis.call('ZREM', prefix .. ':done', id)
       redis.call('ZREM', prefix .. ':dead', id)
       redis.call('DEL', jk)
@@ -62,6 +65,7 @@ for i = 0, n - 1 do
     else
       redis.call('HSET', jk, 'payload', payload, 'state', state, 'max', max, 'created', now)
     end
+    if old_gen then redis.call('HSET', jk, 'gen', tonumber(old_gen) + 1) end
     if delay > 0 then
       redis.call('HSET', jk, 'ready_at', now + delay)
       redis.call('ZADD', scheduled, now + delay, id)

@@ -18,8 +18,8 @@ local lost = {}
 for i = 0, n - 1 do
   local id, gen = ARGV[8 + i * 2], ARGV[9 + i * 2]
   local jk = prefix .. ':job:' .. id
-  local f = redis.call('HMGET', jk, 'gen', 'state')
-  if f[2] == 'running' and f[1] == gen then
+  -- still leased, under the same generation
+  if (redis.call('HGET', jk, 'gen') or '0') == gen and redis.call('ZSCORE', leased, id) then
     redis.call('ZADD', leased, 'XX', now + vt, id)
   else
     lost[#lost + 1] = id

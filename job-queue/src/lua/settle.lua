@@ -3,7 +3,7 @@
 -- someone else) is rejected and counted as a stale ack.
 -- KEYS[1] = {q}:pending
 -- ARGV: prefix, n, done retention ms, dead retention ms,
--- then per outcome: id, generation, kind, delay ms, error text
+-- then per outcome: id, generation, kind, delay ms, error text; last ARGV: worker name
 --   kind: d = done, r = retry after delay, x = dead,
 --         l = release unstarted (attempt undone), a = release started (attempt kept)
 -- Returns, per outcome, 1 (applied) or 0 (stale).
@@ -11,6 +11,7 @@ local prefix = ARGV[1]
 local n = tonumber(ARGV[2])
 local done_ret = tonumber(ARGV[3])
 local dead_ret = tonumber(ARGV[4])
+local worker = ARGV[#ARGV]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pending = prefix .. ':pending'
@@ -39,16 +40,21 @@ for i = 0, n - 1 do
   local b = 5 + i * 5
   local id, gen, kind, delay, err = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3]), ARGV[b + 4]
   local jk = prefix .. ':job:' .. id
-  local f = redis.call('HMGET', jk, 'gen', 'state', 'idem')
-  if f[2] ~= 'running' or f[1] ~= gen then
+  local f = redis.call('HMGET', jk, 'gen', 'state', 'idem', 'attempts')
+  -- the generation moves on whenever a lease ends, so a match means this
+  -- lease is still the current one
+  if (f[1] or '0') ~= gen or not f[2] then
     stale = stale + 1
     out[#out + 1] = 0
   else
     unleased[#unleased + 1] = id
     -- a new generation: any later outcome for this lease is stale
     local next_gen = (tonumber(f[1]) or 0) + 1
+    -- the delivery counts as an attempt unless it never started
+    local attempts = (tonumber(f[4]) or 0) + 1
     if kind == 'd' then
-      redis.call('HSET', jk, 'state', 'done', 'done_at', now, 'gen', next_gen)
+      redis.call('HSET', jk, 'state', 'done', 'done_at', now, 'gen', next_gen,
+        'attempts', attempts, 'worker', worker)
       finished[#finished + 1] = now
       finished[#finished + 1] = id
       redis.call('PEXPIRE', jk, done_ret)
@@ -57,23 +63,26 @@ for i = 0, n - 1 do
     elseif kind == 'r' then
       retried = retried + 1
       if delay > 0 then
-        redis.call('HSET', jk, 'state', 'scheduled', 'error', err, 'ready_at', now + delay, 'gen', next_gen)
+        redis.call('HSET', jk, 'state', 'scheduled', 'error', err, 'ready_at', now + delay,
+          'gen', next_gen, 'attempts', attempts, 'worker', worker)
         redis.call('ZADD', prefix .. ':scheduled', now + delay, id)
       else
-        redis.call('HSET', jk, 'state', 'pending', 'error', err, 'ready_at', now, 'gen', next_gen)
+        redis.call('HSET', jk, 'state', 'pending', 'error', err, 'ready_at', now,
+          'gen', next_gen, 'attempts', attempts, 'worker', worker)
         redis.call('RPUSH', pending, id)
       end
       wake = true
     elseif kind == 'x' then
-      redis.call('HSET', jk, 'state', 'dead', 'error', err, 'done_at', now, 'gen', next_gen)
+      redis.call('HSET', jk, 'state', 'dead', 'error', err, 'done_at', now,
+        'gen', next_gen, 'attempts', attempts, 'worker', worker)
       redis.call('ZADD', prefix .. ':dead', now, id)
       redis.call('PEXPIRE', jk, dead_ret)
       release_idem(f[3], id)
       dead = dead + 1
     else
-      if kind == 'l' then redis.call('HINCRBY', jk, 'attempts', -1) end
+      if kind == 'l' then attempts = attempts - 1 end
       if err ~= '' then redis.call('HSET', jk, 'error', err) end
-      redis.call('HSET', jk, 'state', 'pending', 'gen', next_gen)
+      redis.call('HSET', jk, 'state', 'pending', 'gen', next_gen, 'attempts', attempts, 'worker', worker)
       redis.call('LPUSH', pending, id)
       wake = true
     end
