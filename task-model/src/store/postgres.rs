@@ -286,7 +286,7 @@ struct TaskColumns<'a> {
 /// The due-task query for each kind of page; every variant takes the same
 /// four parameters ($1 status, $2 now, $3 limit, $4 cursor).
 macro_rules! due_sql {
-    ($condition:literal) => {
+    ($condition:literal, $order:literal) => {
         concat!(
             "SELECT host_system_id, display_name, instrument_hash, form_hash, \
              subject, parameters, initial_assessment, status, \
@@ -294,7 +294,9 @@ macro_rules! due_sql {
              portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
              error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
             $condition,
-            " AND (lease_until IS NULL OR lease_until <= $2) ORDER BY host_system_id LIMIT $3"
+            " AND (lease_until IS NULL OR lease_until <= $2) ORDER BY ",
+            $order,
+            " LIMIT $3"
         )
     };
 }
@@ -310,15 +312,24 @@ impl DuePages for PostgresStore {
         after: Option<&str>,
     ) -> Result<Vec<PgRow>, StoreError> {
         let sql = match (segment, after) {
-            (Segment::Status(_), None) => due_sql!("status = $1 AND $4::text IS NULL"),
-            (Segment::Status(_), Some(_)) => due_sql!("status = $1 AND host_system_id > $4"),
+            (Segment::Status(_), None) => due_sql!(
+                "status = $1 AND $4::text IS NULL",
+                // The whole index order, so the planner walks the index.
+                "status, host_system_id"
+            ),
+            (Segment::Status(_), Some(_)) => due_sql!(
+                "status = $1 AND host_system_id > $4",
+                "status, host_system_id"
+            ),
             (Segment::Unknown, None) => due_sql!(
                 "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
-                 AND $1::text IS NULL AND $4::text IS NULL"
+                 AND $1::text IS NULL AND $4::text IS NULL",
+                "host_system_id"
             ),
             (Segment::Unknown, Some(_)) => due_sql!(
                 "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
-                 AND $1::text IS NULL AND host_system_id > $4"
+                 AND $1::text IS NULL AND host_system_id > $4",
+                "host_system_id"
             ),
         };
         let status = match segment {
@@ -514,7 +525,17 @@ impl WriteBackBackend for PostgresStore {
 
 impl TaskStore for PostgresStore {
     async fn import<R: Read + Send + 'static>(&self, input: R) -> Result<ImportReport, StoreError> {
-        import::run_import(self, input, DEFAULT_BATCH_SIZE).await
+        let report = import::run_import(self, input, DEFAULT_BATCH_SIZE).await?;
+        // Fresh statistics after a bulk load: without them the planner reads
+        // a due-task page by bitmap scan and sort over every remaining row
+        // instead of walking the (status, id) index.
+        if report.inserted >= 1000 {
+            sqlx::query("ANALYZE tasks")
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::query("import: analyze"))?;
+        }
+        Ok(report)
     }
 
     fn stream_due(&self, query: DueQuery) -> BoxStream<'static, Result<LocalTask, StoreError>> {
