@@ -38,7 +38,7 @@ use tokio::process::{Child, Command};
 const KEY: &str = "bench-key-0123456789";
 const PACKAGE: usize = 20;
 /// Acknowledgements in flight per job, as the worker does.
-const ACK_CONCURRENCY: usize = 8;
+const ACK_CONCURRENCY: usize = 4;
 
 fn host_task(id: &str) -> serde_json::Value {
     json!({

@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::metrics::Metrics;
 
 /// Most updates (or ids) in one batched call.
-const MAX_BATCH: usize = 1000;
+const MAX_BATCH: usize = 400;
 /// Batched loads running at once.
 const LOAD_CONCURRENCY: usize = 3;
 

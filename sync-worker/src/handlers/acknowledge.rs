@@ -14,7 +14,7 @@ use task_model::PortalTask;
 use super::{HandlerError, JobContext, JobReport, write_back_counted};
 
 /// Acknowledgements in flight at once within one job.
-const ACK_CONCURRENCY: usize = 8;
+const ACK_CONCURRENCY: usize = 4;
 /// Read-again rounds after a 409 before leaving a task to the next pull.
 const MAX_ACK_ROUNDS: u32 = 4;
 
