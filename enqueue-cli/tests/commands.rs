@@ -343,3 +343,36 @@ async fn logs_are_json_lines_off_a_terminal_and_plain_on_request() {
         "no colour off a terminal"
     );
 }
+
+/// On a terminal (a pseudo-terminal from util-linux `script`): readable
+/// output, the human summary, no JSON log lines, the exit code kept.
+#[tokio::test]
+async fn on_a_terminal_the_summary_is_for_people() {
+    let h = Harness::new(StoreKind::Sqlite).await;
+    h.import(&tasks(30)).await;
+    h.import(&[invalid_task("z-1")]).await;
+    let command = format!(
+        "{BIN} --config {} enqueue",
+        h.config.to_str().expect("utf-8 path")
+    );
+    let out = std::process::Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("util-linux `script` runs the binary on a pseudo-terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "partial (one invalid task): {text}"
+    );
+    assert!(text.contains("queued 2 job(s)"), "{text}");
+    assert!(text.contains("skipped       1 invalid"), "{text}");
+    assert!(text.contains("z-1: task \"z-1\" is not valid"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("{\"timestamp\"")),
+        "no JSON logs on a terminal: {text}"
+    );
+}

@@ -4,11 +4,11 @@
 //! exit with its peak RSS (via `/usr/bin/time`).
 //!
 //! ```sh
-//! cargo build --release -p enqueue-cli --bin portal-sync --example bench
-//! /var/tmp/portal-sync-target/release/examples/bench                 # 100,000 tasks, SQLite and PostgreSQL
-//! /var/tmp/portal-sync-target/release/examples/bench --tasks 1000000 # the linear-scaling run
-//! /var/tmp/portal-sync-target/release/examples/bench --store sqlite --tasks 100000
-//! /var/tmp/portal-sync-target/release/examples/bench --dry-run      # read + validate only
+//! cargo build --release -p enqueue-cli --bin portal-sync --example enqueue_bench
+//! /var/tmp/portal-sync-target/release/examples/enqueue_bench                 # 100,000 tasks, SQLite and PostgreSQL
+//! /var/tmp/portal-sync-target/release/examples/enqueue_bench --tasks 1000000 # the linear-scaling run
+//! /var/tmp/portal-sync-target/release/examples/enqueue_bench --store sqlite --tasks 100000
+//! /var/tmp/portal-sync-target/release/examples/enqueue_bench --dry-run      # read + validate only
 //! ```
 //!
 //! PostgreSQL is found as the tests find it (`PORTAL_SYNC_TEST_POSTGRES`,
@@ -88,7 +88,7 @@ impl Read for GeneratedTasks {
 }
 
 fn portal_sync_binary() -> PathBuf {
-    // target/release/examples/bench → target/release/portal-sync
+    // target/release/examples/enqueue_bench → target/release/portal-sync
     let mut dir = std::env::current_exe().unwrap_or_default();
     dir.pop();
     if dir.ends_with("examples") {
