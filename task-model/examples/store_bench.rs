@@ -99,10 +99,25 @@ fn peak_rss_mb() -> String {
         .map_or_else(|| "?".into(), |kb| format!("{:.1} MB", kb / 1024.0))
 }
 
-fn report(phase: &str, n: usize, started: Instant) {
+/// CPU seconds (user + system) this process has used, from /proc/self/stat.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn report(phase: &str, n: usize, started: Instant, cpu_before: Option<f64>) {
     let secs = started.elapsed().as_secs_f64();
+    let cpu = match (cpu_before, cpu_seconds()) {
+        (Some(a), Some(b)) => format!(", {:.2} s CPU in this process", b - a),
+        _ => String::new(),
+    };
     println!(
-        "{phase:>30}: {n} tasks in {secs:.2} s = {:.0} tasks/s, peak RSS (VmHWM) {}",
+        "{phase:>30}: {n} tasks in {secs:.2} s = {:.0} tasks/s, peak RSS (VmHWM) {}{cpu}",
         n as f64 / secs,
         peak_rss_mb()
     );
@@ -160,15 +175,17 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
                 bytes / tasks.max(1) as u64
             );
             let started = Instant::now();
+            let cpu_before = cpu_seconds();
             let report_ = store.import(std::fs::File::open(&path)?).await?;
             if report_.inserted != tasks as u64 || !report_.errors.is_empty() {
                 return Err(format!("import: {report_:?}").into());
             }
-            report("import", tasks, started);
+            report("import", tasks, started, cpu_before);
         }
         "stream-only" => {
             // Diagnostic: the stream alone, no leases.
             let started = Instant::now();
+            let cpu_before = cpu_seconds();
             let later = Utc::now() + Duration::hours(2);
             let mut query = DueQuery::new(vec![LocalStatus::AwaitingSubmission], later);
             query.batch_size = page_size();
@@ -178,7 +195,7 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
                 item?;
                 n += 1;
             }
-            report("stream only", n, started);
+            report("stream only", n, started, cpu_before);
         }
         "stream" | "stream-single" => {
             // `stream` leases a page's packages (25 of 20) in one call, as
@@ -193,6 +210,7 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
             };
             let until = now + Duration::minutes(30);
             let started = Instant::now();
+            let cpu_before = cpu_seconds();
             let mut query = DueQuery::new(vec![LocalStatus::AwaitingSubmission], now);
             query.batch_size = page_size();
             let page = query.batch_size;
@@ -238,6 +256,7 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
                 },
                 leased,
                 started,
+                cpu_before,
             );
         }
         "writeback" => {
@@ -265,6 +284,7 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
                 .collect();
             let store = &store;
             let started = Instant::now();
+            let cpu_before = cpu_seconds();
             let applied: Vec<Result<u64, Fail>> = futures::stream::iter(packages)
                 .map(|package| async move {
                     let r = store.write_back(&package).await?;
@@ -280,7 +300,7 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
             if total != tasks as u64 {
                 return Err(format!("write-back: applied {total} of {tasks}").into());
             }
-            report("write-back", tasks, started);
+            report("write-back", tasks, started, cpu_before);
         }
         other => return Err(format!("unknown phase {other:?}").into()),
     }
