@@ -550,7 +550,7 @@ impl JobQueue {
                 .arg(keys.leased())
                 .arg(id);
         }
-        let answers: Vec<(HashMap<String, Vec<u8>>, Option<f64>)> = self
+        let answers: Vec<(JobFields, Option<f64>)> = self
             .call("reading jobs", |mut conn| {
                 let pipe = &pipe;
                 async move {
@@ -559,7 +559,7 @@ impl JobQueue {
                     let mut it = flat.into_iter();
                     while let (Some(h), Some(z)) = (it.next(), it.next()) {
                         out.push((
-                            HashMap::<String, Vec<u8>>::from_redis_value(h)?,
+                            JobFields::from_redis_value(h)?,
                             Option::<f64>::from_redis_value(z)?,
                         ));
                     }
@@ -710,6 +710,9 @@ impl JobQueue {
         Ok(total)
     }
 }
+
+/// A job hash as read, field → raw value.
+type JobFields = HashMap<String, Vec<u8>>;
 
 pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
