@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use portal_api::wire::TaskQuery;
-use portal_api::{Client, ClientConfig, ClientIdentity, Pem, PortalError};
+use portal_api::{Client, ClientConfig, PortalError};
 use serde::Serialize;
-use task_model::settings::{ClientCertificate, PortalClientSettings, Settings};
+use task_model::settings::Settings;
 use task_model::store::TaskStore;
 
 use crate::cli::CheckArgs;
@@ -42,29 +42,6 @@ pub struct CheckResult {
 pub struct CheckReport {
     pub ok: bool,
     pub checks: Vec<CheckResult>,
-}
-
-/// Builds the portal client's configuration from the `portal_client` block.
-pub fn portal_client_config(s: &PortalClientSettings) -> ClientConfig {
-    let mut config = ClientConfig::new(s.url.expose(), s.api_key.clone())
-        .with_timeout(s.timeout)
-        .with_page_size(s.task_package_size);
-    match &s.client_certificate {
-        Some(ClientCertificate::Combined(path)) => {
-            config = config.with_client_identity(ClientIdentity::Combined(Pem::file(path)));
-        }
-        Some(ClientCertificate::Split { cert, key }) => {
-            config = config.with_client_identity(ClientIdentity::Split {
-                cert: Pem::file(cert),
-                key: Pem::file(key),
-            });
-        }
-        None => {}
-    }
-    if let Some(bundle) = &s.ca_bundle {
-        config = config.with_ca_bundle(Pem::file(bundle));
-    }
-    config
 }
 
 fn ms(d: Duration) -> f64 {
@@ -186,7 +163,7 @@ pub async fn run_check(
         portal_settings.timeout + Duration::from_secs(1),
         async {
             let client =
-                Client::new(portal_client_config(portal_settings)).map_err(|e| portal_hint(&e))?;
+                Client::new(ClientConfig::from(portal_settings)).map_err(|e| portal_hint(&e))?;
             client
                 .list_tasks_page(&TaskQuery::default(), 1, 0)
                 .await
