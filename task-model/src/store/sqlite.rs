@@ -124,13 +124,6 @@ impl SqliteStore {
         &self.pool
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::query("begin transaction"))
-    }
-
     async fn existing_statuses(
         &self,
         ids: &[TaskId],
@@ -481,40 +474,52 @@ impl WriteBackBackend for SqliteStore {
     }
 
     async fn apply_writes(&self, writes: &[PlannedWrite]) -> Result<HashSet<TaskId>, StoreError> {
-        let op = StoreError::query("write-back: update tasks");
-        let mut tx = self.begin().await?;
-        let mut written = HashSet::with_capacity(writes.len());
-        for w in writes {
-            let done = sqlx::query(
-                "UPDATE tasks SET status = ?1, portal_code = ?2, portal_subject_code = ?3, \
-                 portal_status = ?4, portal_revision = ?5, portal_date_created = ?6, \
-                 portal_date_started = ?7, portal_date_completed = ?8, portal_assessment = ?9, \
-                 row_version = row_version + 1 \
-                 WHERE host_system_id = ?10 AND row_version = ?11",
-            )
-            .bind(w.status.as_str())
-            .bind(&w.portal.code)
-            .bind(&w.portal.subject_code)
-            .bind(w.portal.status)
-            .bind(w.portal.revision)
-            .bind(&w.portal.date_created)
-            .bind(&w.portal.date_started)
-            .bind(&w.portal.date_completed)
-            .bind(&w.portal.assessment)
-            .bind(&w.id)
-            .bind(w.version)
-            .execute(&mut *tx)
-            .await;
-            match done {
-                Ok(done) if done.rows_affected() == 1 => {
-                    written.insert(w.id.clone());
-                }
-                Ok(_) => {}
-                Err(e) => return Err(op(e)),
-            }
-        }
-        tx.commit().await.map_err(op)?;
-        Ok(written)
+        let rows: Vec<serde_json::Value> = writes
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.id,
+                    "version": w.version,
+                    "status": w.status.as_str(),
+                    "code": w.portal.code,
+                    "subject_code": w.portal.subject_code,
+                    "portal_status": w.portal.status,
+                    "revision": w.portal.revision,
+                    "created": w.portal.date_created,
+                    "started": w.portal.date_started,
+                    "completed": w.portal.date_completed,
+                    "assessment": w.portal.assessment,
+                })
+            })
+            .collect();
+        // One statement: it applies whole, each row only where its version
+        // still matches.
+        let written = sqlx::query(
+            "UPDATE tasks SET status = u.status, portal_code = u.code, \
+             portal_subject_code = u.subject_code, portal_status = u.portal_status, \
+             portal_revision = u.revision, portal_date_created = u.created, \
+             portal_date_started = u.started, portal_date_completed = u.completed, \
+             portal_assessment = u.assessment, row_version = tasks.row_version + 1 \
+             FROM (SELECT value ->> 'id' AS id, value ->> 'version' AS version, \
+                          value ->> 'status' AS status, value ->> 'code' AS code, \
+                          value ->> 'subject_code' AS subject_code, \
+                          value ->> 'portal_status' AS portal_status, \
+                          value ->> 'revision' AS revision, value ->> 'created' AS created, \
+                          value ->> 'started' AS started, value ->> 'completed' AS completed, \
+                          value ->> 'assessment' AS assessment \
+                   FROM json_each(?1)) AS u \
+             WHERE tasks.host_system_id = u.id AND tasks.row_version = u.version \
+             RETURNING host_system_id",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("write-back: update tasks"))?;
+        written
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<HashSet<_>, _>>()
+            .map_err(StoreError::query("write-back: update tasks"))
     }
 
     async fn record_conflict(&self, id: &str, message: &str) -> Result<bool, StoreError> {
