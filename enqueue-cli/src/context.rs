@@ -50,10 +50,13 @@ pub async fn connect_redis(settings: &Settings) -> Result<MultiplexedConnection,
         .map_err(|e| CommandError::redis(url.redacted(), e))
 }
 
-/// The queue's configuration from the settings (namespace, queue name).
+/// The queue's configuration from the settings (namespace, queue name, and
+/// the retry policy of the `worker` block: a job's attempts are fixed when it
+/// is pushed, so the producer must push with the workers' policy).
 pub fn queue_config(settings: &Settings) -> Result<QueueConfig, CommandError> {
     QueueConfig::builder(settings.redis.url.expose(), QUEUE_NAME)
         .namespace(settings.redis.namespace.clone())
+        .retry(sync_worker::settings::retry_policy(settings))
         .reconnect_for(QUEUE_RECONNECT_FOR)
         .build()
         .map_err(|e| CommandError::Settings {

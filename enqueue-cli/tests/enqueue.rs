@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Harness, StoreKind, invalid_task, task, tasks};
+use support::{Harness, StoreKind, WORKER_MAX_ATTEMPTS, invalid_task, task, tasks};
 use task_model::LocalStatus;
 use task_model::store::TaskStore;
 
@@ -36,6 +36,11 @@ async fn queues_every_valid_task_once_in_packages(kind: StoreKind) {
     );
     let expected: Vec<String> = (0..105).map(|i| format!("t-{i:06}")).collect();
     assert_eq!(queued.task_ids, expected, "every task queued exactly once");
+    assert!(
+        queued.max_attempts.iter().all(|&m| m == WORKER_MAX_ATTEMPTS),
+        "jobs carry the workers' max_attempts from the settings: {:?}",
+        queued.max_attempts
+    );
 
     let counts = h.store.counts(chrono::Utc::now()).await.expect("counts");
     assert_eq!(counts.leased, 105, "every queued task is leased");

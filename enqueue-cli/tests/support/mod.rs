@@ -65,7 +65,7 @@ impl Harness {
     /// Writes the settings file, with the portal at `portal_url`.
     pub fn write_settings(&self, portal_url: &str) {
         let yaml = format!(
-            "portal_client:\n  url: {portal_url}\n  api_key: test-key-not-secret-enough\n  timeout: 5\n  task_package_size: {}\nredis:\n  url: {}\n  namespace: {}\nstore:\n  url: {}\n",
+            "portal_client:\n  url: {portal_url}\n  api_key: test-key-not-secret-enough\n  timeout: 5\n  task_package_size: {}\nredis:\n  url: {}\n  namespace: {}\nstore:\n  url: {}\nworker:\n  max_attempts: {WORKER_MAX_ATTEMPTS}\n",
             self.package_size,
             self.redis.url(),
             self.namespace,
@@ -153,6 +153,7 @@ impl Harness {
             .expect("lrange");
         for id in ids {
             let info = queue.job(&id).await.expect("job").expect("job exists");
+            q.max_attempts.push(info.max_attempts);
             let job: task_model::SyncJob = info.decode(task_model::QUEUE_NAME).expect("decode");
             match job.kind {
                 task_model::JobKind::Submit => q.submit_jobs += 1,
@@ -167,8 +168,14 @@ impl Harness {
     }
 }
 
+/// `worker.max_attempts` in the test settings (not the default, so a job
+/// pushed with the default policy shows).
+pub const WORKER_MAX_ATTEMPTS: u32 = 7;
+
 #[derive(Debug, Default)]
 pub struct Queued {
+    /// Deliveries allowed, per queued job.
+    pub max_attempts: Vec<u32>,
     pub pending: u64,
     pub submit_jobs: u64,
     pub refresh_jobs: u64,
