@@ -273,7 +273,7 @@ async fn run_on(
     let queue = crate::context::connect_queue(&settings).await?;
     let workers = Workers::start(&settings, &store, args.workers).await?;
     say.line(&format!(
-        "{} workers; their /metrics, /healthz, /readyz: {} (no queue dashboard in this build)",
+        "{} workers; their /metrics, /healthz, /readyz: {}",
         workers.handles.len(),
         workers
             .addrs
@@ -282,6 +282,9 @@ async fn run_on(
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if let Some(first) = workers.addrs.first() {
+        say.line(&format!("queue dashboard: http://{first}/"));
+    }
 
     let bar = output.progress(Some(valid), "submitting");
     bar.set_style(
@@ -561,12 +564,20 @@ async fn build_worker(
         limits: sync_worker::settings::job_limits(settings, probe_every),
         auth_probe_every: probe_every,
     };
-    Worker::new(queue, store.clone(), client, None, options)
+    // The first worker also serves the queue dashboard (apalis-board).
+    let dashboard = (i == 1).then(|| {
+        sync_worker::dashboard::dashboard_routes(&queue, settings.worker.dashboard_token.clone())
+    });
+    let worker = Worker::new(queue, store.clone(), client, None, options)
         .await
         .map_err(|e| CommandError::Portal {
             url: portal_url,
             message: format!("starting demo worker {i}: {e}"),
-        })
+        })?;
+    Ok(match dashboard {
+        Some(routes) => worker.with_routes(routes),
+        None => worker,
+    })
 }
 
 /// Timings and counters of the driven run.
