@@ -37,7 +37,10 @@ async fn queues_every_valid_task_once_in_packages(kind: StoreKind) {
     let expected: Vec<String> = (0..105).map(|i| format!("t-{i:06}")).collect();
     assert_eq!(queued.task_ids, expected, "every task queued exactly once");
     assert!(
-        queued.max_attempts.iter().all(|&m| m == WORKER_MAX_ATTEMPTS),
+        queued
+            .max_attempts
+            .iter()
+            .all(|&m| m == WORKER_MAX_ATTEMPTS),
         "jobs carry the workers' max_attempts from the settings: {:?}",
         queued.max_attempts
     );
