@@ -866,6 +866,41 @@ async fn the_dashboard_shows_real_numbers_behind_its_token() {
     };
     assert_eq!(stat("DONE_JOBS"), Some(json!("3")), "{body}");
     assert_eq!(stat("WORKERS"), Some(json!("1")), "{body}");
+    // The remaining routes the UI reads: every queue's tasks, per-queue
+    // statistics and workers, and one task's page.
+    let (status, body) = get("/api/v1/tasks", auth).await.expect("all tasks");
+    assert_eq!(status, 200, "{body}");
+    for id in &jobs {
+        assert!(body.contains(id.as_str()), "job {id} in all tasks: {body}");
+    }
+    let (status, body) = get("/api/v1/queues/sync-jobs/stats", auth)
+        .await
+        .expect("queue stats");
+    assert_eq!(status, 200, "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+    let queue_stat = |title: &str| {
+        stats
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["title"] == title))
+            .map(|s| s["value"].clone())
+    };
+    assert_eq!(queue_stat("DONE_JOBS"), Some(json!("3")), "{body}");
+    let (status, body) = get("/api/v1/queues/sync-jobs/workers", auth)
+        .await
+        .expect("queue workers");
+    assert_eq!(status, 200, "{body}");
+    let queue_workers: serde_json::Value = serde_json::from_str(&body).expect("workers JSON");
+    assert_eq!(queue_workers.as_array().map(Vec::len), Some(1), "{body}");
+    let task_path = format!("/api/v1/queues/sync-jobs/tasks/{}", jobs[0]);
+    let (status, body) = harness::http_get_with(w.port, &task_path, auth)
+        .await
+        .expect("one task");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(jobs[0].as_str()), "the task's page: {body}");
+    assert!(
+        !body.contains("example.org"),
+        "no personal data on a task's page"
+    );
     let (status, body) = get("/", auth).await.expect("ui");
     assert_eq!(status, 200);
     assert!(
