@@ -66,8 +66,8 @@ fn task(id: &str) -> HostTask {
     HostTask {
         host_system_id: id.to_owned(),
         display_name: format!("Questionnaire {id}"),
-        instrument: json!({"id": "urn:bench", "version": "1.0", "title": "Bench instrument", "record": fields}),
-        form: json!({"instrument": {"id": "urn:bench", "version": "1.0"}, "defaultLocalization": "en", "pages": [{"id": "page1", "elements": []}]}),
+        instrument: json!({"id": "urn:bench", "version": "1.0", "title": "Bench instrument", "record": fields}).into(),
+        form: json!({"instrument": {"id": "urn:bench", "version": "1.0"}, "defaultLocalization": "en", "pages": [{"id": "page1", "elements": []}]}).into(),
         subject: Subject {
             host_system_id: format!("subject-{id}"),
             display_name: "Subject".into(),

@@ -277,7 +277,7 @@ async fn invalid_tasks_are_rejected_with_the_portal_error_and_nothing_is_stored(
     let mut no_email = task("v-2");
     no_email.subject.users[0].email = None;
     let mut wrong_version = task("v-3");
-    wrong_version.form["instrument"]["version"] = json!("2.0");
+    std::sync::Arc::make_mut(&mut wrong_version.form)["instrument"]["version"] = json!("2.0");
     let mut wrong_assessment = task("v-4");
     wrong_assessment.assessment =
         Some(json!({"instrument": {"id": "urn:other", "version": "1.0"}, "values": {}}));

@@ -5,6 +5,8 @@
 //! RIOS documents (instrument, form, assessment) are kept as JSON values here;
 //! their structure is checked by validation, not by these types.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -39,10 +41,12 @@ pub struct Subject {
 pub struct HostTask {
     pub host_system_id: TaskId,
     pub display_name: String,
-    /// RIOS instrument definition.
-    pub instrument: Value,
-    /// RIOS web form configuration for that instrument.
-    pub form: Value,
+    /// RIOS instrument definition. Shared (`Arc`): many tasks use the same
+    /// few instruments, and the store hands every task of a page the one
+    /// parsed copy instead of a deep clone each.
+    pub instrument: Arc<Value>,
+    /// RIOS web form configuration for that instrument (shared likewise).
+    pub form: Arc<Value>,
     pub subject: Subject,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,

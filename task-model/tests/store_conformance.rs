@@ -132,7 +132,7 @@ async fn import_round_trips_a_task(store: AnyStore) {
         (loaded.task.parameters, loaded.task.assessment),
         (None, None)
     );
-    assert_eq!(loaded.task.instrument, nulls["instrument"]);
+    assert_eq!(*loaded.task.instrument, nulls["instrument"]);
 }
 
 async fn import_reports_bad_lines_and_lands_the_good_ones(store: AnyStore) {

@@ -35,8 +35,8 @@ fn local_task() -> LocalTask {
         task: HostTask {
             host_system_id: HOST_ID.into(),
             display_name: "Form".into(),
-            instrument: json!({}),
-            form: json!({}),
+            instrument: json!({}).into(),
+            form: json!({}).into(),
             subject: Subject {
                 host_system_id: "s".into(),
                 display_name: "S".into(),

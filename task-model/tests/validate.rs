@@ -1,5 +1,7 @@
 //! Every validation rule of `task_model::validate`, each with a bad task.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 use task_model::validate::{
     DocumentValidator, FieldError, MAX_DISPLAY_NAME_CHARS, MAX_DOCUMENT_BYTES, MAX_EMAIL_BYTES,
@@ -19,17 +21,17 @@ fn good_task() -> HostTask {
     HostTask {
         host_system_id: "task-1".into(),
         display_name: "Intake form".into(),
-        instrument: json!({
+        instrument: Arc::new(json!({
             "id": "urn:example:intake",
             "version": "1.0",
             "title": "Intake",
             "record": [{"id": "q1", "type": "text"}],
-        }),
-        form: json!({
+        })),
+        form: Arc::new(json!({
             "instrument": {"id": "urn:example:intake", "version": "1.0"},
             "defaultLocalization": "en",
             "pages": [],
-        }),
+        })),
         subject: Subject {
             host_system_id: "subject-1".into(),
             display_name: "Subject One".into(),
@@ -261,8 +263,8 @@ fn oversize_documents_are_rejected() {
     for path in ["instrument", "form", "parameters", "assessment"] {
         let mut t = good_task();
         let doc = match path {
-            "instrument" => &mut t.instrument,
-            "form" => &mut t.form,
+            "instrument" => Arc::make_mut(&mut t.instrument),
+            "form" => Arc::make_mut(&mut t.form),
             "parameters" => t.parameters.as_mut().expect("parameters"),
             _ => t.assessment.as_mut().expect("assessment"),
         };
@@ -285,8 +287,8 @@ fn documents_must_be_json_objects() {
     ] {
         let mut t = good_task();
         match path {
-            "instrument" => t.instrument = value,
-            "form" => t.form = value,
+            "instrument" => t.instrument = value.into(),
+            "form" => t.form = value.into(),
             "parameters" => t.parameters = Some(value),
             _ => t.assessment = Some(value),
         }
@@ -304,8 +306,11 @@ fn documents_must_be_json_objects() {
 #[test]
 fn instrument_needs_string_id_and_version() {
     let mut t = good_task();
-    t.instrument.as_object_mut().expect("object").remove("id");
-    t.instrument["version"] = json!(1);
+    Arc::make_mut(&mut t.instrument)
+        .as_object_mut()
+        .expect("object")
+        .remove("id");
+    Arc::make_mut(&mut t.instrument)["version"] = json!(1);
     let err = errors(&t);
     assert_eq!(err.at("instrument.id"), Some(&Problem::Missing));
     assert_eq!(
@@ -317,7 +322,7 @@ fn instrument_needs_string_id_and_version() {
 #[test]
 fn form_must_reference_the_instrument() {
     let mut t = good_task();
-    t.form["instrument"]["id"] = json!("urn:example:other");
+    Arc::make_mut(&mut t.form)["instrument"]["id"] = json!("urn:example:other");
     assert_eq!(
         only_error(&t, "form.instrument.id"),
         Problem::Mismatch {
@@ -327,13 +332,16 @@ fn form_must_reference_the_instrument() {
         }
     );
     let mut t = good_task();
-    t.form["instrument"]["version"] = json!("2.0");
+    Arc::make_mut(&mut t.form)["instrument"]["version"] = json!("2.0");
     assert!(matches!(
         only_error(&t, "form.instrument.version"),
         Problem::Mismatch { .. }
     ));
     let mut t = good_task();
-    t.form.as_object_mut().expect("object").remove("instrument");
+    Arc::make_mut(&mut t.form)
+        .as_object_mut()
+        .expect("object")
+        .remove("instrument");
     assert_eq!(only_error(&t, "form.instrument"), Problem::Missing);
 }
 
@@ -359,7 +367,7 @@ fn all_problems_of_a_task_are_reported_together() {
     let mut t = good_task();
     t.display_name.clear();
     t.subject.users[0].email = None;
-    t.form = json!([]);
+    t.form = json!([]).into();
     let err = errors(&t);
     let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["display_name", "subject.users[0].email", "form"]);
@@ -397,7 +405,7 @@ fn document_validator_seam_adds_its_findings() {
     let t = good_task();
     assert_eq!(validate_task_with(&t, &RequireRecord), Ok(()));
     let mut t = good_task();
-    t.instrument
+    Arc::make_mut(&mut t.instrument)
         .as_object_mut()
         .expect("object")
         .remove("record");
@@ -467,8 +475,8 @@ fn rios_corpus_pairs_pass_the_structural_checks() {
             continue;
         };
         let mut t = good_task();
-        t.instrument = instrument.clone();
-        t.form = form;
+        t.instrument = instrument.clone().into();
+        t.form = form.into();
         t.assessment = find(&assessments, &instrument["id"]);
         assert_eq!(validate_task(&t), Ok(()), "{name}");
         paired += 1;
@@ -479,7 +487,7 @@ fn rios_corpus_pairs_pass_the_structural_checks() {
             .find(|(_, f)| f["instrument"]["id"] != instrument["id"])
             .map(|(_, f)| f.clone())
             .expect("another form");
-        t.form = other;
+        t.form = other.into();
         let err = validate_task(&t).expect_err("mismatched form");
         assert!(
             matches!(err.at("form.instrument.id"), Some(Problem::Mismatch { .. })),

@@ -147,8 +147,8 @@ impl Samples {
         let mut task = HostTask {
             host_system_id: p.id.clone(),
             display_name: spec.display_name.to_owned(),
-            instrument: instrument.clone(),
-            form: form.clone(),
+            instrument: instrument.clone().into(),
+            form: form.clone().into(),
             subject: p.subject.clone(),
             parameters: Some(json!({ "visit": p.visit })),
             assessment: None,
@@ -335,7 +335,8 @@ fn apply_defect(task: &mut HostTask, defect: Defect) {
         }
         Defect::SubjectWithoutUsers => task.subject.users.clear(),
         Defect::FormForOtherVersion => {
-            if let Some(reference) = task.form.get_mut("instrument") {
+            if let Some(reference) = std::sync::Arc::make_mut(&mut task.form).get_mut("instrument")
+            {
                 reference["version"] = json!("0.9");
             }
         }

@@ -36,8 +36,8 @@ impl SubmittedTask {
         Ok(SubmittedTask {
             host_system_id: task.host_system_id.clone(),
             display_name: task.display_name.clone(),
-            instrument: raw(&task.instrument)?,
-            form: raw(&task.form)?,
+            instrument: raw(task.instrument.as_ref())?,
+            form: raw(task.form.as_ref())?,
             subject: task.subject.clone(),
             parameters: task.parameters.as_ref().map(raw).transpose()?,
             assessment: task.assessment.as_ref().map(raw).transpose()?,
@@ -50,8 +50,8 @@ impl SubmittedTask {
         Ok(HostTask {
             host_system_id: self.host_system_id.clone(),
             display_name: self.display_name.clone(),
-            instrument: parse(&self.instrument)?,
-            form: parse(&self.form)?,
+            instrument: parse(&self.instrument)?.into(),
+            form: parse(&self.form)?.into(),
             subject: self.subject.clone(),
             parameters: self.parameters.as_deref().map(parse).transpose()?,
             assessment: self.assessment.as_deref().map(parse).transpose()?,

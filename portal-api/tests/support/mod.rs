@@ -42,8 +42,8 @@ pub fn task_padded(id: &str, pad: usize) -> HostTask {
     HostTask {
         host_system_id: id.to_owned(),
         display_name: format!("Questionnaire for {id}"),
-        instrument: json!({"id": "urn:phq-test", "version": "1.0", "title": "Test instrument", "record": fields}),
-        form: json!({"instrument": {"id": "urn:phq-test", "version": "1.0"}, "defaultLocalization": "en", "pages": [{"id": "p1", "elements": []}]}),
+        instrument: json!({"id": "urn:phq-test", "version": "1.0", "title": "Test instrument", "record": fields}).into(),
+        form: json!({"instrument": {"id": "urn:phq-test", "version": "1.0"}, "defaultLocalization": "en", "pages": [{"id": "p1", "elements": []}]}).into(),
         subject: Subject {
             host_system_id: format!("subj-{id}"),
             display_name: "Subject".to_owned(),

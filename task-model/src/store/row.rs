@@ -3,6 +3,7 @@
 //! host wrote badly into a [`RowError`] naming the task and the column.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -281,7 +282,7 @@ fn decode_portal(id: &str, raw: &RawPortalColumns) -> Result<Option<PortalState>
 }
 
 /// A parsed document, or why its stored text is not JSON.
-type ParsedDocument = Result<Value, String>;
+type ParsedDocument = Result<Arc<Value>, String>;
 
 /// Parsed instrument and form documents by hash, so a page of tasks sharing a
 /// few documents parses each once. Bounded: cleared when it holds more than
@@ -365,17 +366,20 @@ impl DocumentCache {
         hash: String,
         body: Result<String, String>,
     ) {
-        let parsed =
-            body.and_then(|body| serde_json::from_str(&body).map_err(|e| json_problem(&e)));
+        let parsed = body.and_then(|body| {
+            serde_json::from_str(&body)
+                .map(Arc::new)
+                .map_err(|e| json_problem(&e))
+        });
         match kind {
             DocumentKind::Instrument => self.instruments.insert(hash, parsed),
             DocumentKind::Form => self.forms.insert(hash, parsed),
         };
     }
 
-    fn get(&self, kind: DocumentKind, id: &str, hash: &str) -> Result<Value, RowError> {
+    fn get(&self, kind: DocumentKind, id: &str, hash: &str) -> Result<Arc<Value>, RowError> {
         match self.map(kind).get(hash) {
-            Some(Ok(value)) => Ok(value.clone()),
+            Some(Ok(value)) => Ok(Arc::clone(value)),
             Some(Err(problem)) => Err(bad(
                 id,
                 kind.body_column(),
