@@ -350,14 +350,125 @@ fn parse_input<R: Read>(input: R, out: &mut Batcher) {
 
 /// How a backend stores a batch of good records.
 pub(crate) trait ImportBackend: Sync {
-    /// Stores `batch` (no id twice) and answers what became of each record.
-    /// `known` holds hashes of documents already committed by this import;
-    /// the backend adds the ones it commits.
-    fn write_batch(
+    /// The stored status of those of `ids` that exist (an unreadable status
+    /// reads as unknown, so such a record is skipped, never merged).
+    fn existing_statuses(
         &self,
-        batch: Vec<PreparedTask>,
-        known: &mut HashSet<String>,
-    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send;
+        ids: &[TaskId],
+    ) -> impl Future<Output = Result<HashMap<String, String>, StoreError>> + Send;
+
+    /// Stores `new` and `updates` in one transaction (all or nothing) and
+    /// answers the ids inserted, the ids updated and the hashes of the
+    /// documents it committed. `known` holds hashes already committed.
+    fn store_tasks(
+        &self,
+        new: &[PreparedTask],
+        updates: &[PreparedTask],
+        known: &HashSet<String>,
+    ) -> impl Future<Output = StoredTasks> + Send;
+}
+
+/// What [`ImportBackend::store_tasks`] answers: ids inserted, ids updated,
+/// document hashes committed.
+pub(crate) type StoredTasks = Result<(HashSet<String>, HashSet<String>, Vec<String>), sqlx::Error>;
+
+/// Stores `batch` (no id twice) through `backend` and answers what became of
+/// each record. `known` holds hashes of documents already committed by this
+/// import; the ones committed now are added. If the database refuses some
+/// record, each is stored on its own to find it; the others still land.
+async fn write_batch<B: ImportBackend>(
+    backend: &B,
+    batch: Vec<PreparedTask>,
+    known: &mut HashSet<String>,
+) -> Result<BatchOutcome, StoreError> {
+    let ids: Vec<TaskId> = batch.iter().map(|t| t.id.clone()).collect();
+    let existing = backend.existing_statuses(&ids).await?;
+    let classified = classify(batch, &existing);
+    let mut outcome = BatchOutcome {
+        skipped: classified.skipped,
+        ..BatchOutcome::default()
+    };
+    let import_failed = |source| StoreError::Query {
+        operation: "import",
+        source,
+    };
+    match backend
+        .store_tasks(&classified.new, &classified.updates, known)
+        .await
+    {
+        Ok((inserted, updated, docs)) => {
+            known.extend(docs);
+            tally_stored(
+                &mut outcome,
+                classified.new,
+                classified.updates,
+                &inserted,
+                &updated,
+            );
+            Ok(outcome)
+        }
+        Err(e) if is_record_error(&e) => {
+            for task in classified.new.into_iter().chain(classified.updates) {
+                let one = std::slice::from_ref(&task);
+                let (new, updates) = if existing.contains_key(&task.id) {
+                    (&[][..], one)
+                } else {
+                    (one, &[][..])
+                };
+                match backend.store_tasks(new, updates, &HashSet::new()).await {
+                    Ok((inserted, updated, _)) => tally_stored(
+                        &mut outcome,
+                        new.to_vec(),
+                        updates.to_vec(),
+                        &inserted,
+                        &updated,
+                    ),
+                    Err(e) if is_record_error(&e) => outcome.errors.push(ImportError {
+                        position: task.position,
+                        task_id: Some(task.id.clone()),
+                        message: format!("the database refused the record: {e}"),
+                    }),
+                    Err(e) => return Err(import_failed(e)),
+                }
+            }
+            Ok(outcome)
+        }
+        Err(e) => Err(import_failed(e)),
+    }
+}
+
+/// Counts what [`ImportBackend::store_tasks`] did; a record that neither
+/// landed nor updated lost a race with another writer and is reported as
+/// skipped.
+fn tally_stored(
+    outcome: &mut BatchOutcome,
+    new: Vec<PreparedTask>,
+    updates: Vec<PreparedTask>,
+    inserted: &HashSet<String>,
+    updated: &HashSet<String>,
+) {
+    for task in new {
+        if inserted.contains(&task.id) {
+            outcome.inserted += 1;
+        } else {
+            outcome.skipped.push(SkippedRecord {
+                position: task.position,
+                task_id: task.id,
+                status: "inserted meanwhile by another writer".into(),
+            });
+        }
+    }
+    for task in updates {
+        if updated.contains(&task.id) {
+            outcome.updated += 1;
+        } else {
+            outcome.skipped.push(SkippedRecord {
+                position: task.position,
+                task_id: task.id,
+                status: "submitted meanwhile".into(),
+            });
+        }
+    }
 }
 
 /// Runs an import: parses `input` on a blocking thread and hands batches of
@@ -398,7 +509,7 @@ where
         // Two records for one task in one batch: store them in turn, so the
         // later one is an update of the earlier.
         for part in split_repeated_ids(good) {
-            let outcome = backend.write_batch(part, &mut known).await?;
+            let outcome = write_batch(backend, part, &mut known).await?;
             report.inserted += outcome.inserted;
             report.updated += outcome.updated;
             report.skipped.extend(outcome.skipped);

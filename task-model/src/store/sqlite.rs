@@ -23,7 +23,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row as _, SqlSafeStr as _, Sqlite};
 
-use super::import::{self, BatchOutcome, ImportBackend, ImportError, PreparedTask};
+use super::import::{self, ImportBackend, PreparedTask, StoredTasks};
 use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
 use super::stream::{DuePages, Segment, stream_due_with};
 use super::write_back::{PlannedWrite, WriteBackBackend, write_back_with};
@@ -155,7 +155,7 @@ impl SqliteStore {
         new: &[PreparedTask],
         updates: &[PreparedTask],
         known: &HashSet<String>,
-    ) -> Result<(HashSet<String>, HashSet<String>, Vec<String>), sqlx::Error> {
+    ) -> StoredTasks {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (instruments, forms) = import::new_documents(new.iter().chain(updates), known);
         let mut committed_docs = Vec::new();
@@ -341,105 +341,20 @@ impl DuePages for SqliteStore {
 }
 
 impl ImportBackend for SqliteStore {
-    async fn write_batch(
+    async fn existing_statuses(
         &self,
-        batch: Vec<PreparedTask>,
-        known: &mut HashSet<String>,
-    ) -> Result<BatchOutcome, StoreError> {
-        let ids: Vec<TaskId> = batch.iter().map(|t| t.id.clone()).collect();
-        let existing = self.existing_statuses(&ids).await?;
-        let classified = import::classify(batch, &existing);
-        let mut outcome = BatchOutcome {
-            skipped: classified.skipped,
-            ..BatchOutcome::default()
-        };
-        match self
-            .store_tasks(&classified.new, &classified.updates, known)
-            .await
-        {
-            Ok((inserted, updated, docs)) => {
-                known.extend(docs);
-                tally_stored(
-                    &mut outcome,
-                    classified.new,
-                    classified.updates,
-                    &inserted,
-                    &updated,
-                );
-                Ok(outcome)
-            }
-            Err(e) if import::is_record_error(&e) => {
-                // Some record is refused: store each on its own to find it.
-                for task in classified.new.into_iter().chain(classified.updates) {
-                    let one = std::slice::from_ref(&task);
-                    let is_new = !existing.contains_key(&task.id);
-                    let (new, updates) = if is_new {
-                        (one, &[][..])
-                    } else {
-                        (&[][..], one)
-                    };
-                    match self.store_tasks(new, updates, &HashSet::new()).await {
-                        Ok((inserted, updated, _)) => tally_stored(
-                            &mut outcome,
-                            new.to_vec(),
-                            updates.to_vec(),
-                            &inserted,
-                            &updated,
-                        ),
-                        Err(e) if import::is_record_error(&e) => outcome.errors.push(ImportError {
-                            position: task.position,
-                            task_id: Some(task.id.clone()),
-                            message: format!("the database refused the record: {e}"),
-                        }),
-                        Err(e) => {
-                            return Err(StoreError::Query {
-                                operation: "import",
-                                source: e,
-                            });
-                        }
-                    }
-                }
-                Ok(outcome)
-            }
-            Err(source) => Err(StoreError::Query {
-                operation: "import",
-                source,
-            }),
-        }
+        ids: &[TaskId],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        SqliteStore::existing_statuses(self, ids).await
     }
-}
 
-/// Counts what [`SqliteStore::store_tasks`] (or its PostgreSQL twin) did; a
-/// record that neither landed nor updated lost a race with another writer
-/// and is reported as skipped.
-pub(crate) fn tally_stored(
-    outcome: &mut BatchOutcome,
-    new: Vec<PreparedTask>,
-    updates: Vec<PreparedTask>,
-    inserted: &HashSet<String>,
-    updated: &HashSet<String>,
-) {
-    for task in new {
-        if inserted.contains(&task.id) {
-            outcome.inserted += 1;
-        } else {
-            outcome.skipped.push(super::SkippedRecord {
-                position: task.position,
-                task_id: task.id,
-                status: "inserted meanwhile by another writer".into(),
-            });
-        }
-    }
-    for task in updates {
-        if updated.contains(&task.id) {
-            outcome.updated += 1;
-        } else {
-            outcome.skipped.push(super::SkippedRecord {
-                position: task.position,
-                task_id: task.id,
-                status: "submitted meanwhile".into(),
-            });
-        }
+    async fn store_tasks(
+        &self,
+        new: &[PreparedTask],
+        updates: &[PreparedTask],
+        known: &HashSet<String>,
+    ) -> StoredTasks {
+        SqliteStore::store_tasks(self, new, updates, known).await
     }
 }
 
