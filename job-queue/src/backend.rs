@@ -330,25 +330,44 @@ where
                 return Poll::Ready(Ok(()));
             }
             let jobs = std::mem::take(&mut this.sink_buffer);
-            let queue = this.queue.clone();
-            this.sink_future = Some(BoxSyncFuture::new(
-                async move { queue.push_encoded(jobs).await.map(|_| ()) }.boxed(),
-            ));
+            start_push(&mut this.sink_future, &this.queue, jobs);
         }
-        let Some(fut) = this.sink_future.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        match fut.poll_unpin(cx) {
-            Poll::Ready(result) => {
-                this.sink_future = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        poll_push(&mut this.sink_future, cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), QueueError>> {
         self.poll_flush(cx)
+    }
+}
+
+/// Starts pushing `jobs` (encoded payloads with their options) as the
+/// sink's in-flight flush. Shared by the worker backend's and the
+/// dashboard's `Sink`s.
+pub(crate) fn start_push(
+    slot: &mut Option<BoxSyncFuture<Result<(), QueueError>>>,
+    queue: &JobQueue,
+    jobs: Vec<(Vec<u8>, PushOptions)>,
+) {
+    let queue = queue.clone();
+    *slot = Some(BoxSyncFuture::new(
+        async move { queue.push_encoded(jobs).await.map(|_| ()) }.boxed(),
+    ));
+}
+
+/// Drives the sink's in-flight flush, if any, to its end.
+pub(crate) fn poll_push(
+    slot: &mut Option<BoxSyncFuture<Result<(), QueueError>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), QueueError>> {
+    let Some(fut) = slot.as_mut() else {
+        return Poll::Ready(Ok(()));
+    };
+    match fut.poll_unpin(cx) {
+        Poll::Ready(result) => {
+            *slot = None;
+            Poll::Ready(result)
+        }
+        Poll::Pending => Poll::Pending,
     }
 }
 

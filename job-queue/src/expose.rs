@@ -27,12 +27,11 @@ use apalis_core::task::metadata::MetadataStore;
 use apalis_core::task::status::Status;
 use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
-use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::backend::options_of;
+use crate::backend::{options_of, poll_push, start_push};
 use crate::error::QueueError;
 use crate::queue::{JobInfo, JobQueue, JobState, QueueCounts, worker_ttl};
 
@@ -410,21 +409,9 @@ impl<Args> futures::Sink<Task<Value>> for Dashboard<Args> {
                     })?;
                 jobs.push((payload, options));
             }
-            let queue = this.queue.clone();
-            this.sink_future = Some(BoxSyncFuture::new(
-                async move { queue.push_encoded(jobs).await.map(|_| ()) }.boxed(),
-            ));
+            start_push(&mut this.sink_future, &this.queue, jobs);
         }
-        let Some(fut) = this.sink_future.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        match fut.poll_unpin(cx) {
-            Poll::Ready(result) => {
-                this.sink_future = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        poll_push(&mut this.sink_future, cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), QueueError>> {
