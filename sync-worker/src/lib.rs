@@ -12,6 +12,9 @@
 //! - [`worker`]: [`Worker`] — assembles a run and its graceful shutdown;
 //!   also what `portal-sync demo` runs in-process.
 //! - [`auth_gate`]: pause on 401/403, resume when the key works again.
+//! - [`dashboard`]: apalis-board's UI and API behind `worker.dashboard_token`
+//!   (bearer header for scripts, a one-time `?token=` login and a cookie for
+//!   browsers).
 //! - [`portal`], [`rate_limit`], [`metrics`], [`http`], [`identity`],
 //!   [`logging`], [`signals`]: the surroundings.
 //!

@@ -6,7 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Harness, Options, task_ids, wait_for};
+use harness::{Harness, Options, metric, parse_metrics, task_ids, wait_for};
 use portal_api::wire::TaskQuery;
 use portal_api::{Client, ClientConfig};
 use serde_json::json;
@@ -519,28 +519,6 @@ async fn sigterm_under_load_exits_zero_within_the_grace_and_leaves_nothing_lease
     stop_worker(&mut w).await;
 }
 
-/// `name{labels} value` lines of a Prometheus text exposition.
-fn parse_metrics(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("series and value");
-            (
-                series.to_owned(),
-                value.parse::<f64>().expect("numeric value"),
-            )
-        })
-        .collect()
-}
-
-fn metric(series: &[(String, f64)], name: &str) -> f64 {
-    series
-        .iter()
-        .find(|(s, _)| s == name)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no series {name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_the_named_series() {
     let mut options = Options::default();
@@ -909,4 +887,317 @@ async fn the_dashboard_shows_real_numbers_behind_its_token() {
         &body[..body.len().min(200)]
     );
     stop_worker(&mut w).await;
+}
+
+/// Every request the simulator has answered, over all endpoints.
+fn portal_requests(stats: &portal_api::sim::SimStats) -> u64 {
+    stats.requests.values().flat_map(|by| by.values()).sum()
+}
+
+/// `(le, cumulative count)` of histogram `name` for the series with `label`.
+fn buckets(series: &[(String, f64)], name: &str, label: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    series
+        .iter()
+        .filter(|(s, _)| s.starts_with(&prefix) && s.contains(label))
+        .filter_map(|(s, v)| {
+            let le = s.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, *v))
+        })
+        .collect()
+}
+
+/// The count of the largest bucket whose bound is below `limit`.
+fn count_below(buckets: &[(f64, f64)], limit: f64) -> f64 {
+    buckets
+        .iter()
+        .filter(|(le, _)| *le < limit)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or(0.0, |(_, n)| *n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_cut_off_retried_and_submitted_once_when_the_portal_is_fast_again()
+ {
+    const LATENCY_MS: u64 = 4000;
+    let mut options = Options {
+        job_timeout: 1,
+        portal_timeout: 10,
+        max_attempts: 8,
+        ..Options::default()
+    };
+    // Slower than the job timeout, faster than the request timeout: only
+    // the job timeout can end these attempts.
+    options.sim.faults = vec![latency(LATENCY_MS, "POST /tasks")];
+    let h = Harness::start(options).await;
+    let ids = task_ids("o", 20);
+    h.import(&ids).await;
+    let mut w = h.spawn_worker();
+    w.wait_serving().await;
+    let jobs = h.push_submits(&ids, 20).await;
+
+    let retried = r#"portal_sync_jobs_total{kind="submit",outcome="retried"}"#;
+    let value = |series: &[(String, f64)], name: &str| {
+        series
+            .iter()
+            .find(|(s, _)| s == name)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    wait_for(
+        "two attempts cut off, counted and recorded on the tasks",
+        Duration::from_secs(15),
+        || async {
+            value(&w.metrics().await, retried) >= 2.0
+                && h.load(&ids[0]).await.error.is_some_and(|e| e.attempts >= 2)
+        },
+    )
+    .await;
+    let series = w.metrics().await;
+    let cut = value(&series, retried);
+    assert_eq!(
+        value(&series, r#"portal_sync_job_retries_total{kind="submit"}"#),
+        cut,
+        "every cut-off attempt counts as a retry"
+    );
+    assert_eq!(
+        value(
+            &series,
+            r#"portal_sync_jobs_total{kind="submit",outcome="succeeded"}"#
+        ),
+        0.0
+    );
+    // Each attempt lasted the job timeout (1 s), not the portal's 4 s.
+    let durations = buckets(
+        &series,
+        "portal_sync_job_duration_seconds",
+        r#"kind="submit""#,
+    );
+    let attempts_seen = count_below(&durations, f64::INFINITY);
+    assert!(attempts_seen >= 2.0, "{durations:?}");
+    assert_eq!(
+        count_below(&durations, 1.0),
+        0.0,
+        "no attempt ended before the job timeout: {durations:?}"
+    );
+    assert_eq!(
+        count_below(&durations, LATENCY_MS as f64 / 1000.0),
+        attempts_seen,
+        "every attempt was cut off before the portal answered: {durations:?}"
+    );
+    let task = h.load(&ids[0]).await;
+    assert_eq!(task.status, LocalStatus::AwaitingSubmission);
+    let error = task.error.expect("the task carries the timeout");
+    assert!(error.message.contains("job timeout"), "{error:?}");
+    let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
+    assert!(job.attempts >= 2, "{job:?}");
+    assert_ne!(job.state, job_queue::JobState::Dead, "{job:?}");
+    assert_eq!(h.queue_counts().await.dead, 0);
+    assert_eq!(
+        h.counts().await.leased,
+        20,
+        "a job that will be retried keeps its tasks leased"
+    );
+    assert!(
+        h.sim()
+            .stats()
+            .faults_injected
+            .get("latency")
+            .is_some_and(|n| *n >= 2),
+        "each attempt's POST was slowed"
+    );
+
+    h.sim().clear_faults();
+    wait_for(
+        "20 tasks submitted and the job done",
+        Duration::from_secs(15),
+        || async {
+            h.status_count(LocalStatus::AwaitingCompletion).await == 20
+                && h.queue_counts().await.done == 1
+        },
+    )
+    .await;
+    let stats = h.sim().stats();
+    assert_eq!(stats.tasks_total, 20, "{stats:?}");
+    assert_eq!(stats.duplicate_submissions, 0, "{stats:?}");
+    assert_eq!(stats.packages_accepted, 1, "{stats:?}");
+    let job = h.queue.job(&jobs[0]).await.expect("job").expect("stored");
+    assert!(job.attempts as f64 > cut, "{job:?}");
+    let series = w.metrics().await;
+    assert_eq!(
+        value(
+            &series,
+            r#"portal_sync_jobs_total{kind="submit",outcome="succeeded"}"#
+        ),
+        1.0
+    );
+    assert_eq!(h.counts().await.leased, 0, "leases released once done");
+    stop_worker(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_requests_stay_within_the_rate_limit() {
+    const RATE: f64 = 5.0;
+    // The worker's bucket holds one second's worth (worker.rs).
+    const BURST: f64 = 5.0;
+    // Measure until this many requests: three seconds at the limit.
+    const TARGET: u64 = 20;
+    let h = Harness::start(Options {
+        rate_limit_per_second: Some(RATE),
+        concurrency: 8,
+        ..Options::default()
+    })
+    .await;
+    // 20 jobs of 5 tasks: 120 requests (a POST and 5 acknowledgements
+    // each), which 8 jobs at once would make in well under a second.
+    let ids = task_ids("l", 100);
+    h.import(&ids).await;
+    h.push_submits(&ids, 5).await;
+    let sim = h.sim();
+    assert_eq!(portal_requests(&sim.stats()), 0);
+
+    // The bucket starts full when the process starts, after this instant:
+    // by any later time t the portal can have seen at most
+    // BURST + RATE × (t − start) requests of it.
+    let start = std::time::Instant::now();
+    let mut w = h.spawn_worker();
+    let deadline = start + Duration::from_secs(15);
+    let (mut n, mut elapsed) = (0, 0.0);
+    while n < TARGET {
+        n = portal_requests(&sim.stats());
+        elapsed = start.elapsed().as_secs_f64();
+        let bound = BURST + RATE * elapsed;
+        assert!(
+            n as f64 <= bound,
+            "{n} portal requests after {elapsed:.3} s, more than {BURST} + {RATE}/s × {elapsed:.3} s = {bound:.1}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {n} portal requests in {elapsed:.1} s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eprintln!(
+        "rate limit {RATE}/s: {n} portal requests in {elapsed:.2} s since the process started"
+    );
+    assert!(
+        h.status_count(LocalStatus::AwaitingCompletion).await < 100,
+        "the limit, not the work, set the pace"
+    );
+    assert_eq!(sim.stats().duplicate_submissions, 0);
+    w.signal("KILL");
+    w.wait_exit(Duration::from_secs(5)).await.expect("killed");
+}
+
+/// The API routes the dashboard UI reads.
+const UI_API_ROUTES: &[&str] = &[
+    "/api/v1/overview",
+    "/api/v1/queues",
+    "/api/v1/workers",
+    "/api/v1/tasks",
+    "/api/v1/queues/sync-jobs/tasks",
+    "/api/v1/queues/sync-jobs/stats",
+    "/api/v1/queues/sync-jobs/workers",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_opens_the_dashboard_once_with_the_token_then_uses_its_cookie() {
+    const TOKEN: &str = "tok-9f27c1e4b8d0";
+    let h = Harness::start(Options {
+        dashboard_token: Some(TOKEN.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let ids = task_ids("u", 20);
+    h.import(&ids).await;
+    let jobs = h.push_submits(&ids, 20).await;
+    // Everything the binary logs, at every level, goes to a file.
+    let mut w = h.spawn_worker_logged(&["--dashboard"], "trace");
+    w.wait_serving().await;
+    wait_for("the job done", Duration::from_secs(20), || async {
+        h.queue_counts().await.done == 1
+    })
+    .await;
+    let get = |path: String, headers: String| async move {
+        harness::http_request(w.port, &path, &headers)
+            .await
+            .expect("an answer")
+    };
+
+    for path in ["/", "/api/v1/queues"] {
+        let r = get(path.into(), String::new()).await;
+        assert_eq!(r.status, 401, "no token: {path}");
+    }
+    let r = get("/?token=tok-wrong".into(), String::new()).await;
+    assert_eq!(r.status, 401, "wrong token");
+    assert!(r.header("set-cookie").is_none(), "{r:?}");
+    let r = get(
+        "/api/v1/queues".into(),
+        "Cookie: portal_sync_dashboard=tok-wrong\r\n".into(),
+    )
+    .await;
+    assert_eq!(r.status, 401, "wrong cookie");
+
+    // The login: a redirect to the URL without the token, and the cookie.
+    let r = get(format!("/?token={TOKEN}"), String::new()).await;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location"), Some("/"));
+    let set = r.header("set-cookie").expect("a cookie").to_owned();
+    let attributes: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert_eq!(
+        attributes[0],
+        format!("portal_sync_dashboard={TOKEN}"),
+        "{set}"
+    );
+    for a in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attributes.contains(&a), "{a} in {set}");
+    }
+
+    // The cookie alone: the page, its script, every API route it reads.
+    let cookie = format!("Cookie: {}\r\n", attributes[0]);
+    let page = get("/".into(), cookie.clone()).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<html"), "the UI page");
+    let script = page
+        .body
+        .split("from '")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .expect("the page imports its script")
+        .to_owned();
+    let r = get(script.clone(), cookie.clone()).await;
+    assert_eq!(r.status, 200, "{script}");
+    for path in UI_API_ROUTES {
+        let r = get((*path).into(), cookie.clone()).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let r = get(
+        format!("/api/v1/queues/sync-jobs/tasks/{}", jobs[0]),
+        cookie.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "one task's page");
+    assert!(r.body.contains(jobs[0].as_str()), "{}", r.body);
+    // Scripts keep the header.
+    let r = get(
+        "/api/v1/queues".into(),
+        format!("Authorization: Bearer {TOKEN}\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("sync-jobs"), "{}", r.body);
+
+    stop_worker(&mut w).await;
+    let logs = w.log_text();
+    assert!(
+        logs.contains("token accepted, session cookie set"),
+        "the login is logged (without the token)"
+    );
+    assert!(logs.contains("\"level\":\"TRACE\"") || logs.contains("\"level\":\"DEBUG\""));
+    assert!(!logs.contains(TOKEN), "the token in the logs");
+    assert!(!logs.contains("tok-wrong"), "a wrong token in the logs");
 }

@@ -36,6 +36,8 @@ pub struct Options {
     pub shutdown_grace: u64,
     pub portal_timeout: u64,
     pub job_timeout: u64,
+    /// `worker.rate_limit_per_second`; unset (no limit) when `None`.
+    pub rate_limit_per_second: Option<f64>,
     pub dashboard_token: Option<String>,
 }
 
@@ -52,6 +54,7 @@ impl Default for Options {
             shutdown_grace: 10,
             portal_timeout: 5,
             job_timeout: 60,
+            rate_limit_per_second: None,
             dashboard_token: None,
         }
     }
@@ -124,6 +127,10 @@ impl Harness {
         );
         let yaml = match &options.dashboard_token {
             Some(t) => format!("{yaml}  dashboard_token: {t}\n"),
+            None => yaml,
+        };
+        let yaml = match options.rate_limit_per_second {
+            Some(r) => format!("{yaml}  rate_limit_per_second: {r}\n"),
             None => yaml,
         };
         std::fs::File::create(&settings_path)
@@ -271,7 +278,22 @@ impl Harness {
     }
 
     pub fn spawn_worker_with(&self, extra: &[&str]) -> WorkerProcess {
+        self.spawn(extra, "info", None)
+    }
+
+    /// Starts a `sync-worker` process whose log lines (at `rust_log`) go to
+    /// a file instead of the test's stderr; see [`WorkerProcess::log_text`].
+    pub fn spawn_worker_logged(&self, extra: &[&str], rust_log: &str) -> WorkerProcess {
+        let path = self.dir.path().join(format!("worker-{}.log", ulid_like()));
+        self.spawn(extra, rust_log, Some(path))
+    }
+
+    fn spawn(&self, extra: &[&str], rust_log: &str, log: Option<PathBuf>) -> WorkerProcess {
         let port = free_port().expect("port");
+        let stderr = match &log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-worker"));
         cmd.arg("--config")
             .arg(&self.settings_path)
@@ -282,13 +304,13 @@ impl Harness {
             .arg("--auth-retry-interval")
             .arg("0.2")
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         let child = cmd.spawn().expect("spawn sync-worker");
-        WorkerProcess { child, port }
+        WorkerProcess { child, port, log }
     }
 }
 
@@ -300,6 +322,8 @@ fn ulid_like() -> String {
 pub struct WorkerProcess {
     pub child: Child,
     pub port: u16,
+    /// Where its log lines go, when not to the test's stderr.
+    pub log: Option<PathBuf>,
 }
 
 impl WorkerProcess {
@@ -320,6 +344,20 @@ impl WorkerProcess {
     /// when nothing answers.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.port, path).await
+    }
+
+    /// Everything the process logged so far (spawned with
+    /// [`Harness::spawn_worker_logged`]).
+    pub fn log_text(&self) -> String {
+        let path = self.log.as_ref().expect("spawned with a log file");
+        String::from_utf8_lossy(&std::fs::read(path).expect("log file")).into_owned()
+    }
+
+    /// The parsed `/metrics` exposition: `(series with labels, value)`.
+    pub async fn metrics(&self) -> Vec<(String, f64)> {
+        let (status, body) = self.get("/metrics").await.expect("/metrics answers");
+        assert_eq!(status, 200, "{body}");
+        parse_metrics(&body)
     }
 
     /// Waits until the HTTP server answers `/healthz`.
@@ -346,6 +384,33 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// [`http_get`] with extra header lines (each ending in CRLF).
 pub async fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
+    http_request(port, path, headers)
+        .await
+        .map(|a| (a.status, a.body))
+}
+
+/// An answer of [`http_request`].
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` with extra header lines (each ending in CRLF): status,
+/// headers and body; `None` when nothing answers within 5 s.
+pub async fn http_request(port: u16, path: &str, headers: &str) -> Option<HttpAnswer> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -356,14 +421,46 @@ pub async fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16,
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
-        let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Some(HttpAnswer {
+            status,
+            headers,
+            body: body.to_owned(),
+        })
     };
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await
         .ok()
         .flatten()
+}
+
+/// `name{labels} value` lines of a Prometheus text exposition.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("series and value");
+            (
+                series.to_owned(),
+                value.parse::<f64>().expect("numeric value"),
+            )
+        })
+        .collect()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed).
+pub fn metric(series: &[(String, f64)], name: &str) -> f64 {
+    series
+        .iter()
+        .find(|(s, _)| s == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no series {name}"))
 }
 
 /// Polls `cond` every 25 ms until it holds; panics after `timeout`.
