@@ -46,10 +46,6 @@ use crate::summary::{Backpressure, EnqueueSummary, KindCounts, SkipReason, Skipp
 const BATCH_PACKAGES: usize = 250;
 /// Packages the reader may run ahead of the leaser.
 const CHANNEL_PACKAGES: usize = 2 * BATCH_PACKAGES;
-/// Rows per page read from the store. A task carries its documents, so a
-/// page is the main memory cost of a run: 100 tasks of a few KB of RIOS JSON
-/// each stay well under the 64 MB budget.
-const STREAM_PAGE_ROWS: usize = 100;
 /// Tasks handed from the store reader to the validator at once, and chunks
 /// in flight between them.
 const TASK_CHUNK: usize = 50;
@@ -307,8 +303,9 @@ impl Run<'_> {
         if self.args.complete {
             statuses.push(LocalStatus::AwaitingCompletion);
         }
-        let mut query = DueQuery::new(statuses, Utc::now());
-        query.batch_size = STREAM_PAGE_ROWS;
+        // Pages of the store's default size; the tasks of a page share their
+        // parsed documents, so a page costs a few hundred bytes per task.
+        let query = DueQuery::new(statuses, Utc::now());
         let stream = self.ctx.store.stream_due(query);
         let (task_tx, task_rx) = mpsc::channel::<Vec<LocalTask>>(TASK_CHUNKS_IN_FLIGHT);
         let (tx, mut rx) = mpsc::channel::<Package>(CHANNEL_PACKAGES);

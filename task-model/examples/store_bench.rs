@@ -219,6 +219,7 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
             let mut requests: Vec<LeaseRequest> = Vec::new();
             let mut leased = 0usize;
             let mut job = 0usize;
+            let mut leasing = std::time::Duration::ZERO;
             loop {
                 let item = due.next().await;
                 let end = item.is_none();
@@ -236,9 +237,11 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
                     requests.len() * PACKAGE >= page || (end && !requests.is_empty())
                 };
                 if flush {
+                    let call = Instant::now();
                     for got in store.lease_many(&requests).await? {
                         leased += got.len();
                     }
+                    leasing += call.elapsed();
                     requests.clear();
                 }
                 if end {
@@ -257,6 +260,11 @@ async fn run_phase(phase: &str, url: &str, tasks: usize) -> Result<(), Fail> {
                 leased,
                 started,
                 cpu_before,
+            );
+            println!(
+                "{:>30}  of which {:.2} s waiting on lease calls",
+                "",
+                leasing.as_secs_f64()
             );
         }
         "writeback" => {

@@ -699,11 +699,95 @@ async fn reopening_keeps_the_tasks(store: AnyStore, db: &TestDatabase) {
     assert_eq!(seen.len(), 3);
 }
 
+async fn stream_pages_ahead_and_stops_when_dropped(store: AnyStore) {
+    let all = ids("r", 25);
+    import_tasks(&store, &all).await;
+    let now = Utc::now();
+    let mut query = DueQuery::new(vec![LocalStatus::AwaitingSubmission], now);
+    query.batch_size = 4;
+    let got: Vec<TaskId> = store
+        .stream_due(query.clone())
+        .map(|t| t.expect("task").task.host_system_id)
+        .collect()
+        .await;
+    assert_eq!(got, all, "every page, in order, each task once");
+    // A stream dropped after its first task leaves the store usable.
+    let mut due = store.stream_due(query);
+    assert_eq!(
+        due.next()
+            .await
+            .expect("a task")
+            .expect("task")
+            .task
+            .host_system_id,
+        all[0]
+    );
+    drop(due);
+    let leased = store
+        .lease(LeaseRequest::new(
+            all.clone(),
+            "job-after",
+            now + Duration::minutes(5),
+            now,
+        ))
+        .await
+        .expect("lease");
+    assert_eq!(leased, all);
+}
+
+async fn leases_taken_before_the_lease_table_are_kept(store: AnyStore, db: &TestDatabase) {
+    let all = ids("m", 4);
+    import_tasks(&store, &all).await;
+    let until = (Utc::now() + Duration::minutes(5)).timestamp_millis();
+    // Back to the schema of migration 1, leases inside the task rows, with
+    // one task leased; then let the store migrate it again.
+    execute_sql(
+        &store,
+        &format!(
+            "DROP TABLE task_leases; \
+             ALTER TABLE tasks ADD COLUMN lease_job TEXT; \
+             ALTER TABLE tasks ADD COLUMN lease_until BIGINT; \
+             UPDATE tasks SET lease_job = 'job-old', lease_until = {until} \
+             WHERE host_system_id = 'm-0000'; \
+             DELETE FROM _sqlx_migrations WHERE version = 2;"
+        ),
+    )
+    .await
+    .expect("old schema");
+    drop(store);
+    let again = db.open().await;
+    let now = Utc::now();
+    let due = due_ids(&again, vec![LocalStatus::AwaitingSubmission], now).await;
+    assert_eq!(due, all[1..].to_vec(), "the leased task stays out");
+    let taken = again
+        .lease(LeaseRequest::new(
+            vec![all[0].clone()],
+            "job-new",
+            now + Duration::minutes(5),
+            now,
+        ))
+        .await
+        .expect("lease");
+    assert!(taken.is_empty(), "another job cannot take it: {taken:?}");
+    assert_eq!(again.counts(now).await.expect("counts").leased, 1);
+    let released = again
+        .release(std::slice::from_ref(&all[0]), "job-old")
+        .await
+        .expect("release");
+    assert_eq!(released, 1, "its job still holds it");
+    assert!(
+        execute_sql(&again, "SELECT lease_job FROM tasks")
+            .await
+            .is_err(),
+        "the old lease columns are gone"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // One test per behaviour and backend.
 
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)?; reopening: $($reopen:ident),* $(,)?) => {
         mod sqlite {
             use super::*;
             $(
@@ -714,12 +798,14 @@ macro_rules! conformance {
                     super::$name(store).await;
                 }
             )*
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn reopening_keeps_the_tasks() {
-                let db = TestDatabase::sqlite();
-                let store = db.open().await;
-                super::reopening_keeps_the_tasks(store, &db).await;
-            }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $reopen() {
+                    let db = TestDatabase::sqlite();
+                    let store = db.open().await;
+                    super::$reopen(store, &db).await;
+                }
+            )*
         }
         mod postgres {
             use super::*;
@@ -734,15 +820,17 @@ macro_rules! conformance {
                     super::$name(store).await;
                 }
             )*
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn reopening_keeps_the_tasks() {
-                let Some(db) = TestDatabase::postgres().await else {
-                    eprintln!("skipped: PORTAL_SYNC_TEST_POSTGRES=skip");
-                    return;
-                };
-                let store = db.open().await;
-                super::reopening_keeps_the_tasks(store, &db).await;
-            }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $reopen() {
+                    let Some(db) = TestDatabase::postgres().await else {
+                        eprintln!("skipped: PORTAL_SYNC_TEST_POSTGRES=skip");
+                        return;
+                    };
+                    let store = db.open().await;
+                    super::$reopen(store, &db).await;
+                }
+            )*
         }
     };
 }
@@ -764,4 +852,8 @@ conformance!(
     racing_write_backs_never_move_a_task_backwards,
     record_error_keeps_the_status,
     counts_by_status_with_errors_and_leases,
+    stream_pages_ahead_and_stops_when_dropped;
+    reopening:
+    reopening_keeps_the_tasks,
+    leases_taken_before_the_lease_table_are_kept,
 );

@@ -12,9 +12,9 @@ use std::str::FromStr as _;
 
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use sqlx::migrate::{MigrateDatabase as _, Migration, MigrationType, Migrator};
+use sqlx::Row as _;
+use sqlx::migrate::{MigrateDatabase as _, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Row as _, SqlSafeStr as _};
 
 use super::import::{self, ImportBackend, PreparedTask, StoredTasks};
 use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
@@ -26,16 +26,19 @@ use super::{
 };
 use crate::task::{LocalTask, PortalTask, TaskId};
 
-const MIGRATION_0001: &str = include_str!("../../migrations/postgres/0001_task_store.sql");
-
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "task store".into(),
-        MigrationType::Simple,
-        MIGRATION_0001.into_sql_str(),
-        false,
-    )])
+    super::migrator(&[
+        (
+            1,
+            "task store",
+            include_str!("../../migrations/postgres/0001_task_store.sql"),
+        ),
+        (
+            2,
+            "task leases",
+            include_str!("../../migrations/postgres/0002_task_leases.sql"),
+        ),
+    ])
 }
 
 /// A task store in a PostgreSQL database.
@@ -293,7 +296,11 @@ macro_rules! due_sql {
              portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
              error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
             $condition,
-            " AND (lease_until IS NULL OR lease_until <= $2) ORDER BY ",
+            // A scalar subquery, so each candidate row costs one probe of the
+            // lease key (the planner turns NOT EXISTS into a join that reads
+            // every lease).
+            " AND COALESCE((SELECT l.lease_until FROM task_leases l \
+               WHERE l.host_system_id = tasks.host_system_id), 0) <= $2 ORDER BY ",
             $order,
             " LIMIT $3"
         )
@@ -497,94 +504,61 @@ impl TaskStore for PostgresStore {
     }
 
     async fn lease_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskId>>, StoreError> {
-        let mut answers = vec![Vec::new(); requests.len()];
-        let rows = super::lease_rows(requests);
-        if rows.is_empty() {
-            return Ok(answers);
+        let groups = super::lease_groups(requests);
+        let mut leased = HashSet::new();
+        if groups.is_empty() {
+            return Ok(super::lease_answers(requests, &leased));
         }
-        let ids: Vec<&str> = rows.iter().map(|(id, _)| *id).collect();
-        let requests_of: Vec<i32> = rows
-            .iter()
-            .map(|(_, i)| i32::try_from(*i).unwrap_or(i32::MAX))
-            .collect();
-        let jobs: Vec<&str> = rows
-            .iter()
-            .map(|(_, i)| requests[*i].job_id.as_str())
-            .collect();
-        let until: Vec<i64> = rows
-            .iter()
-            .map(|(_, i)| row::lease_millis(requests[*i].until))
-            .collect();
-        let now: Vec<i64> = rows
-            .iter()
-            .map(|(_, i)| row::lease_millis(requests[*i].now))
-            .collect();
-        let force: Vec<bool> = rows.iter().map(|(_, i)| requests[*i].force).collect();
-        let op = StoreError::query("lease tasks");
-        let mut tx = self.pool.begin().await.map_err(op)?;
-        // A lease lost in a server crash only makes its tasks due again (jobs
-        // are idempotent), so lease commits need not wait for the disk.
+        let op = || StoreError::query("lease tasks");
+        let mut tx = self.pool.begin().await.map_err(op())?;
+        // A lease lost in a server crash only makes its tasks due again
+        // (jobs are idempotent), so lease commits need not wait for the
+        // disk.
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::query("lease tasks"))?;
-        let leased = sqlx::query(
-            "UPDATE tasks AS t SET lease_job = u.job, lease_until = u.until \
-             FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bool[]) \
-             AS u(id, request, job, until, now, force) \
-             WHERE t.host_system_id = u.id \
-             AND (u.force OR t.lease_until IS NULL OR t.lease_until <= u.now OR t.lease_job = u.job) \
-             RETURNING t.host_system_id, u.request",
-        )
-        .bind(&ids)
-        .bind(&requests_of)
-        .bind(&jobs)
-        .bind(&until)
-        .bind(&now)
-        .bind(&force)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(StoreError::query("lease tasks"))?;
-        tx.commit()
+            .map_err(op())?;
+        for group in &groups {
+            let ids: Vec<&str> = group.rows.iter().map(|r| r.0).collect();
+            let jobs: Vec<&str> = group.rows.iter().map(|r| r.1).collect();
+            let until: Vec<i64> = group.rows.iter().map(|r| r.2).collect();
+            let rows = sqlx::query(
+                "INSERT INTO task_leases AS l (host_system_id, job_id, lease_until) \
+                 SELECT u.id, u.job, u.until \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(id, job, until) \
+                 WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.host_system_id = u.id) \
+                 ON CONFLICT (host_system_id) DO UPDATE \
+                 SET job_id = excluded.job_id, lease_until = excluded.lease_until \
+                 WHERE $5 OR l.lease_until <= $4 OR l.job_id = excluded.job_id \
+                 RETURNING l.host_system_id",
+            )
+            .bind(&ids)
+            .bind(&jobs)
+            .bind(&until)
+            .bind(group.now_millis)
+            .bind(group.force)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(StoreError::query("lease tasks"))?;
-        for r in &leased {
-            let id: String = r.try_get(0).map_err(StoreError::query("lease tasks"))?;
-            let request: i32 = r.try_get(1).map_err(StoreError::query("lease tasks"))?;
-            if let Some(answer) = usize::try_from(request)
-                .ok()
-                .and_then(|i| answers.get_mut(i))
-            {
-                answer.push(id);
+            .map_err(op())?;
+            for r in &rows {
+                leased.insert(r.try_get::<String, _>(0).map_err(op())?);
             }
         }
-        // Answer in the order each request named its ids.
-        for (answer, request) in answers.iter_mut().zip(requests) {
-            let got: std::collections::HashSet<&str> = answer.iter().map(String::as_str).collect();
-            let ordered: Vec<TaskId> = request
-                .ids
-                .iter()
-                .filter(|id| got.contains(id.as_str()))
-                .cloned()
-                .collect();
-            *answer = ordered;
-        }
-        Ok(answers)
+        tx.commit().await.map_err(op())?;
+        Ok(super::lease_answers(requests, &leased))
     }
 
     async fn release(&self, ids: &[TaskId], job_id: &str) -> Result<u64, StoreError> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(
-            "UPDATE tasks SET lease_job = NULL, lease_until = NULL \
-             WHERE host_system_id = ANY($1) AND lease_job = $2",
-        )
-        .bind(ids)
-        .bind(job_id)
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::query("release tasks"))?;
+        let done =
+            sqlx::query("DELETE FROM task_leases WHERE host_system_id = ANY($1) AND job_id = $2")
+                .bind(ids)
+                .bind(job_id)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::query("release tasks"))?;
         Ok(done.rows_affected())
     }
 
@@ -637,10 +611,11 @@ impl TaskStore for PostgresStore {
 
     async fn counts(&self, now: DateTime<Utc>) -> Result<StatusCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT status, COUNT(*)::bigint, \
-             SUM(CASE WHEN error_message IS NOT NULL THEN 1 ELSE 0 END)::bigint, \
-             SUM(CASE WHEN lease_until > $1 THEN 1 ELSE 0 END)::bigint \
-             FROM tasks GROUP BY status",
+            "SELECT t.status, COUNT(*)::bigint, \
+             SUM(CASE WHEN t.error_message IS NOT NULL THEN 1 ELSE 0 END)::bigint, \
+             SUM(CASE WHEN l.lease_until > $1 THEN 1 ELSE 0 END)::bigint \
+             FROM tasks t LEFT JOIN task_leases l ON l.host_system_id = t.host_system_id \
+             GROUP BY t.status",
         )
         .bind(row::lease_millis(now))
         .fetch_all(&self.pool)

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row as _, SqlSafeStr as _, Sqlite};
+use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use super::import::{self, ImportBackend, PreparedTask, StoredTasks};
 use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
@@ -33,19 +33,22 @@ use super::{
 };
 use crate::task::{LocalTask, PortalTask, TaskId};
 
-const MIGRATION_0001: &str = include_str!("../../migrations/sqlite/0001_task_store.sql");
-
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "task store".into(),
-        MigrationType::Simple,
-        MIGRATION_0001.into_sql_str(),
-        false,
-    )])
+    super::migrator(&[
+        (
+            1,
+            "task store",
+            include_str!("../../migrations/sqlite/0001_task_store.sql"),
+        ),
+        (
+            2,
+            "task leases",
+            include_str!("../../migrations/sqlite/0002_task_leases.sql"),
+        ),
+    ])
 }
 
 /// A task store in one SQLite file.
@@ -286,7 +289,10 @@ macro_rules! due_sql {
              portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
              error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
             $condition,
-            " AND (lease_until IS NULL OR lease_until <= ?2) ORDER BY host_system_id LIMIT ?3"
+            // One probe of the lease key per candidate row.
+            " AND COALESCE((SELECT l.lease_until FROM task_leases l \
+               WHERE l.host_system_id = tasks.host_system_id), 0) <= ?2 \
+             ORDER BY host_system_id LIMIT ?3"
         )
     };
 }
@@ -457,50 +463,42 @@ impl TaskStore for SqliteStore {
     }
 
     async fn lease_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskId>>, StoreError> {
-        let mut answers = vec![Vec::new(); requests.len()];
-        let rows = super::lease_rows(requests);
-        if rows.is_empty() {
-            return Ok(answers);
+        let groups = super::lease_groups(requests);
+        let mut leased = HashSet::new();
+        if groups.is_empty() {
+            return Ok(super::lease_answers(requests, &leased));
         }
-        let leases: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(id, i)| {
-                let r = &requests[*i];
-                serde_json::json!({
-                    "id": id,
-                    "job": r.job_id,
-                    "until": row::lease_millis(r.until),
-                    "now": row::lease_millis(r.now),
-                    "force": r.force,
-                })
-            })
-            .collect();
-        // One statement (a write transaction of its own from its first
-        // step, so it waits for the lock rather than failing halfway).
-        let leased = sqlx::query(
-            "UPDATE tasks SET lease_job = u.job, lease_until = u.until \
-             FROM (SELECT value ->> 'id' AS id, value ->> 'job' AS job, \
-                          value ->> 'until' AS until, value ->> 'now' AS now, \
-                          value ->> 'force' AS force FROM json_each(?1)) AS u \
-             WHERE tasks.host_system_id = u.id \
-             AND (u.force OR tasks.lease_until IS NULL OR tasks.lease_until <= u.now \
-                  OR tasks.lease_job = u.job) \
-             RETURNING host_system_id",
-        )
-        .bind(serde_json::Value::Array(leases).to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::query("lease tasks"))?;
-        let mut got: HashSet<String> = HashSet::with_capacity(leased.len());
-        for r in &leased {
-            got.insert(r.try_get(0).map_err(StoreError::query("lease tasks"))?);
-        }
-        for (id, index) in rows {
-            if got.contains(id) {
-                answers[index].push(id.to_string());
+        let op = || StoreError::query("lease tasks");
+        // One write transaction for the call, its lock taken up front.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(op())?;
+        for group in &groups {
+            let rows = sqlx::query(
+                "INSERT INTO task_leases (host_system_id, job_id, lease_until) \
+                 SELECT u.value ->> 0, u.value ->> 1, u.value ->> 2 FROM json_each(?1) AS u \
+                 WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.host_system_id = u.value ->> 0) \
+                 ON CONFLICT (host_system_id) DO UPDATE \
+                 SET job_id = excluded.job_id, lease_until = excluded.lease_until \
+                 WHERE ?3 OR task_leases.lease_until <= ?2 \
+                 OR task_leases.job_id = excluded.job_id \
+                 RETURNING host_system_id",
+            )
+            // Serializing strings and numbers cannot fail.
+            .bind(serde_json::to_string(&group.rows).unwrap_or_else(|_| "[]".into()))
+            .bind(group.now_millis)
+            .bind(group.force)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(op())?;
+            for r in &rows {
+                leased.insert(r.try_get::<String, _>(0).map_err(op())?);
             }
         }
-        Ok(answers)
+        tx.commit().await.map_err(op())?;
+        Ok(super::lease_answers(requests, &leased))
     }
 
     async fn release(&self, ids: &[TaskId], job_id: &str) -> Result<u64, StoreError> {
@@ -508,8 +506,8 @@ impl TaskStore for SqliteStore {
             return Ok(0);
         }
         let done = sqlx::query(
-            "UPDATE tasks SET lease_job = NULL, lease_until = NULL \
-             WHERE host_system_id IN (SELECT value FROM json_each(?1)) AND lease_job = ?2",
+            "DELETE FROM task_leases \
+             WHERE host_system_id IN (SELECT value FROM json_each(?1)) AND job_id = ?2",
         )
         .bind(ids_json(ids))
         .bind(job_id)
@@ -574,10 +572,11 @@ impl TaskStore for SqliteStore {
     async fn counts(&self, now: DateTime<Utc>) -> Result<StatusCounts, StoreError> {
         let op = StoreError::query("count tasks");
         let rows = sqlx::query(
-            "SELECT status, COUNT(*), \
-             SUM(CASE WHEN error_message IS NOT NULL THEN 1 ELSE 0 END), \
-             SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END) \
-             FROM tasks GROUP BY status",
+            "SELECT t.status, COUNT(*), \
+             SUM(CASE WHEN t.error_message IS NOT NULL THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN l.lease_until > ?1 THEN 1 ELSE 0 END) \
+             FROM tasks t LEFT JOIN task_leases l ON l.host_system_id = t.host_system_id \
+             GROUP BY t.status",
         )
         .bind(row::lease_millis(now))
         .fetch_all(&self.pool)

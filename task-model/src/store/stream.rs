@@ -5,6 +5,13 @@
 //! Order: the statuses in the order the query names them (each once), each in
 //! `host_system_id` order, then the rows whose status is not a known one
 //! (each reported as a [`StoreError::BadRow`]).
+//!
+//! Pages are read one ahead: once the stream is first polled, a task reads
+//! and decodes the next page while the consumer works on the current one
+//! (leasing and pushing it, in the enqueue), so the database and the
+//! consumer overlap. At most [`PAGES_AHEAD`] decoded pages wait, so memory
+//! stays bounded; dropping the stream stops the reader after its current
+//! page.
 
 use std::future::Future;
 
@@ -113,6 +120,10 @@ impl<B: DuePages> State<B> {
     }
 }
 
+/// Decoded pages that may wait for the consumer, besides the one it holds
+/// and the one being read.
+const PAGES_AHEAD: usize = 1;
+
 /// The due-task stream of `backend` for `query`.
 pub(crate) fn stream_due_with<B: DuePages>(
     backend: B,
@@ -135,10 +146,25 @@ pub(crate) fn stream_due_with<B: DuePages>(
         cache: DocumentCache::default(),
         failed: false,
     };
-    futures::stream::unfold(state, |mut state| async move {
-        let items = state.next_items().await?;
-        Some((futures::stream::iter(items), state))
+    let (pages, mut received) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let mut reader = Some(async move {
+        let mut state = state;
+        while let Some(items) = state.next_items().await {
+            if pages.send(items).await.is_err() {
+                // The stream was dropped.
+                return;
+            }
+        }
+    });
+    // The reader starts on the first poll, so building the stream needs no
+    // runtime and a stream never polled reads nothing.
+    futures::stream::poll_fn(move |cx| {
+        if let Some(reader) = reader.take() {
+            tokio::spawn(reader);
+        }
+        received.poll_recv(cx)
     })
+    .map(futures::stream::iter)
     .flatten()
     .boxed()
 }
