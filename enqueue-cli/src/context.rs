@@ -10,7 +10,7 @@ use job_queue::{JobQueue, QueueConfig};
 use redis::aio::MultiplexedConnection;
 use task_model::QUEUE_NAME;
 use task_model::settings::{Env, Settings};
-use task_model::store::{AnyStore, open_store};
+use task_model::store::{AnyStore, open_store_with};
 
 use crate::exit::CommandError;
 
@@ -31,7 +31,7 @@ pub fn load_settings(path: &Path) -> Result<Settings, CommandError> {
 
 /// Opens (creating and migrating on first use) the task store.
 pub async fn open_task_store(settings: &Settings) -> Result<AnyStore, CommandError> {
-    open_store(settings.store.url.expose())
+    open_store_with(settings.store.url.expose(), settings.store.pool_size)
         .await
         .map_err(|e| CommandError::store(settings.store.url.redacted(), e))
 }

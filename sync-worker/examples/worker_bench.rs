@@ -31,7 +31,7 @@ use job_queue::{JobQueue, NewJob, PushOptions};
 use portal_api::sim::{FaultKind, FaultRule, SimConfig, Simulator};
 use portal_api::{Client, ClientConfig};
 use serde_json::json;
-use task_model::store::{TaskStore, open_store};
+use task_model::store::{TaskStore, open_store_with};
 use task_model::{Env, HostTask, QUEUE_NAME, Settings, SyncJob};
 use tokio::process::{Child, Command};
 
@@ -113,7 +113,7 @@ async fn world(sim_url: &str, concurrency: usize, namespace: &str) -> World {
     );
     std::fs::write(&settings_path, yaml).expect("settings");
     let settings = Settings::load(&settings_path, &Env::empty()).expect("settings");
-    let store = open_store(settings.store.url.expose())
+    let store = open_store_with(settings.store.url.expose(), settings.store.pool_size)
         .await
         .expect("store");
     let queue = JobQueue::connect(

@@ -156,7 +156,11 @@ impl Worker {
             .unwrap_or(settings.worker.concurrency)
             .max(1);
         let queue_name = overrides.queue.as_deref().unwrap_or(task_model::QUEUE_NAME);
-        let store = task_model::store::open_store(settings.store.url.expose()).await?;
+        let store = task_model::store::open_store_with(
+            settings.store.url.expose(),
+            settings.store.pool_size,
+        )
+        .await?;
         let queue = JobQueue::connect(crate::settings::queue_config(
             settings,
             queue_name,

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use task_model::store::testing::{TestDatabase, execute_sql, query_i64};
 use task_model::store::{
     AnyStore, DueQuery, LeaseRequest, RecordPosition, RowError, StoreError, TaskStore,
+    open_store_with,
 };
 use task_model::{HostTask, LocalStatus, LocalTask, PortalDate, PortalStatus, PortalTask, TaskId};
 
@@ -735,6 +736,16 @@ async fn stream_pages_ahead_and_stops_when_dropped(store: AnyStore) {
     assert_eq!(leased, all);
 }
 
+async fn the_pool_holds_the_connections_asked_for(store: AnyStore, db: &TestDatabase) {
+    drop(store);
+    let store = open_store_with(db.url(), 3).await.expect("open");
+    let max = match &store {
+        AnyStore::Sqlite(s) => s.pool().options().get_max_connections(),
+        AnyStore::Postgres(s) => s.pool().options().get_max_connections(),
+    };
+    assert_eq!(max, 3);
+}
+
 async fn leases_taken_before_the_lease_table_are_kept(store: AnyStore, db: &TestDatabase) {
     let all = ids("m", 4);
     import_tasks(&store, &all).await;
@@ -856,4 +867,5 @@ conformance!(
     reopening:
     reopening_keeps_the_tasks,
     leases_taken_before_the_lease_table_are_kept,
+    the_pool_holds_the_connections_asked_for,
 );

@@ -17,7 +17,7 @@
 //!   namespace: portal-sync        # key prefix of every queue
 //! store:
 //!   url: sqlite://portal-sync.db  # or postgres://user:password@host/db
-//!   pool_size: 8                  # connections, 1..=256
+//!   pool_size: 8                  # pooled store connections, 1..=256
 //! worker:
 //!   concurrency: 32               # jobs run at once, 1..=4096
 //!   rate_limit_per_second: 10     # optional: portal requests per second (decimals allowed)

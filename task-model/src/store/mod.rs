@@ -515,12 +515,24 @@ pub enum AnyStore {
 
 /// Opens the store at `url`, creating and migrating it on first use:
 /// `sqlite://relative/or/absolute/path.db` (also `sqlite:path`) or
-/// `postgres://user@host:port/database` (also `postgresql://`).
+/// `postgres://user@host:port/database` (also `postgresql://`). Its pool
+/// holds up to [`crate::settings::DEFAULT_POOL_SIZE`] connections; binaries
+/// open the store of their settings with [`open_store_with`].
 pub async fn open_store(url: &str) -> Result<AnyStore, StoreError> {
+    open_store_with(url, crate::settings::DEFAULT_POOL_SIZE).await
+}
+
+/// As [`open_store`], with at most `connections` pooled connections (the
+/// settings' `store.pool_size`).
+pub async fn open_store_with(url: &str, connections: u32) -> Result<AnyStore, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
+        Ok(AnyStore::Sqlite(
+            SqliteStore::open_with(url, connections).await?,
+        ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(AnyStore::Postgres(PostgresStore::open(url).await?))
+        Ok(AnyStore::Postgres(
+            PostgresStore::open_with(url, connections).await?,
+        ))
     } else {
         Err(StoreError::BadUrl {
             url: redact_url(url),

@@ -57,7 +57,7 @@ impl PostgresStore {
     /// Opens the store at `postgres://…`, creating the database if it does not
     /// exist and migrating it.
     pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
-        PostgresStore::open_with(url, 8).await
+        PostgresStore::open_with(url, crate::settings::DEFAULT_POOL_SIZE).await
     }
 
     /// As [`PostgresStore::open`], with at most `connections` connections.

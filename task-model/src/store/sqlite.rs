@@ -66,6 +66,12 @@ impl SqliteStore {
     /// Opens (creating the file and its directory if needed) and migrates the
     /// store at `sqlite://PATH` or `sqlite:PATH`.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, crate::settings::DEFAULT_POOL_SIZE).await
+    }
+
+    /// As [`SqliteStore::open`], with at most `connections` connections (each
+    /// a reader with its own page cache; writes take turns on the file).
+    pub async fn open_with(url: &str, connections: u32) -> Result<SqliteStore, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -100,7 +106,7 @@ impl SqliteStore {
             // runs a page query without waiting for the reader.
             .row_buffer_size(DEFAULT_BATCH_SIZE);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections.max(1))
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
