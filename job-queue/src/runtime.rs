@@ -6,7 +6,10 @@
 //!   pop by the *waiter*) or the bounded poll interval passes;
 //! - the *settler* writes outcomes (done, retry, dead, release) in batches,
 //!   each checked against the job's current lease generation;
-//! - the *renewer* renews the leases this worker holds and its worker record.
+//! - the *renewer* renews the leases this worker holds and its worker record;
+//! - the *trimmer*, on the same heartbeat, drops expired ids from the done and
+//!   dead indexes, so they shrink on an idle queue too (settles trim them
+//!   while there is traffic).
 //!
 //! Every Redis call is retried with backoff for as long as Redis is away; a
 //! worker never dies of a Redis fault.
@@ -21,6 +24,7 @@ use redis::{FromRedisValue, Value};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::QueueConfig;
 use crate::connection::{Backoff, Conn, connect};
 use crate::queue::{JobQueue, epoch_ms, is_transient, ms, worker_ttl};
 
@@ -166,6 +170,7 @@ impl Runtime {
             tasks.spawn(Arc::clone(self).settler(rx));
         }
         tasks.spawn(Arc::clone(self).renewer());
+        tasks.spawn(Arc::clone(self).trimmer());
         let me = Arc::clone(self);
         tokio::spawn(async move {
             while tasks.join_next().await.is_some() {}
@@ -509,8 +514,7 @@ impl Runtime {
 
     async fn renewer(self: Arc<Self>) {
         let config = self.queue.config().clone();
-        let mut tick = tokio::time::interval(config.heartbeat_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = heartbeat(&config);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -520,6 +524,55 @@ impl Runtime {
                 tracing::warn!(queue = %config.queue, error = %e, "renewing leases failed; retrying at the next heartbeat");
             }
         }
+    }
+
+    /// Heartbeat maintenance, traffic or not: trims expired ids from the done
+    /// and dead indexes in batches of `move_batch`, repeating while a batch
+    /// comes back full. Its own task, so a long catch-up never delays a lease
+    /// renewal.
+    async fn trimmer(self: Arc<Self>) {
+        let config = self.queue.config().clone();
+        let mut tick = heartbeat(&config);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.closing.cancelled() => return,
+            }
+            loop {
+                let more = tokio::select! {
+                    r = self.trim() => r,
+                    () = self.closing.cancelled() => return,
+                };
+                match more {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(queue = %config.queue, error = %e, "trimming finished jobs failed; retrying at the next heartbeat");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One bounded trim; `true` when a batch came back full (more may be left).
+    async fn trim(&self) -> redis::RedisResult<bool> {
+        let config = self.queue.config();
+        let keys = &config.keys;
+        let mut conn = self.queue.inner.conn.clone();
+        let removed: Vec<usize> = self
+            .queue
+            .inner
+            .scripts
+            .trim
+            .key(keys.done())
+            .arg(keys.prefix())
+            .arg(ms(config.retention.done))
+            .arg(ms(config.retention.dead))
+            .arg(config.move_batch)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(removed.iter().any(|&n| n >= config.move_batch))
     }
 
     /// Resolves when the settler has written everything and stopped.
@@ -594,6 +647,14 @@ impl Runtime {
             tracing::warn!(queue = %config.queue, error = %e, "worker record left to expire");
         }
     }
+}
+
+/// A worker's heartbeat ticker: the first tick at once, a late tick delays
+/// the next rather than bunching up.
+fn heartbeat(config: &QueueConfig) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 fn parse_fetch(value: Value) -> Result<(bool, i64, Vec<Fetched>), String> {

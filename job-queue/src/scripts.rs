@@ -12,6 +12,7 @@ pub(crate) struct Scripts {
     pub(crate) renew: Script,
     pub(crate) counts: Script,
     pub(crate) dead: Script,
+    pub(crate) trim: Script,
 }
 
 impl Scripts {
@@ -23,6 +24,7 @@ impl Scripts {
             renew: Script::new(include_str!("lua/renew.lua")),
             counts: Script::new(include_str!("lua/counts.lua")),
             dead: Script::new(include_str!("lua/dead.lua")),
+            trim: Script::new(include_str!("lua/trim.lua")),
         }
     }
 }

@@ -14,7 +14,7 @@ use apalis_core::task::status::Status;
 use apalis_core::task::task_id::TaskId;
 use common::*;
 use job_queue::testing::RedisServer;
-use job_queue::{Dashboard, JobError, JobQueue, PushOptions, RetryPolicy};
+use job_queue::{Dashboard, JobError, JobQueue, PushOptions};
 use serde_json::Value;
 
 /// The bounds apalis-board-api 1.0's `RegisterRoute` puts on a backend.
@@ -41,10 +41,7 @@ async fn dashboard_shows_what_was_pushed() {
     board_compatible::<Dashboard<TestJob>, TestJob>();
     let redis = RedisServer::start().expect("redis");
     let config = config(&redis, "board")
-        .retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        })
+        .retry(single_attempt())
         .build()
         .expect("config");
     let queue = JobQueue::connect(config).await.expect("connect");
@@ -69,11 +66,7 @@ async fn dashboard_shows_what_was_pushed() {
             Ok(())
         }
     });
-    eventually("3 done 2 dead", Duration::from_secs(10), || async {
-        let c = queue.counts().await.expect("counts");
-        c.done == 3 && c.dead == 2
-    })
-    .await;
+    until_settled(&queue, 3, 2, Duration::from_secs(10)).await;
     let mut board: Dashboard<TestJob> = queue.dashboard();
     let workers = board.list_workers().await.expect("workers");
     assert_eq!(workers.len(), 1);
@@ -163,4 +156,77 @@ async fn dashboard_shows_what_was_pushed() {
             .expect("fetch")
             .is_none()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_drops_out_of_the_listing() {
+    let redis = RedisServer::start().expect("redis");
+    // The child worker's settings: a 3 s lease, so a 1 s heartbeat and a worker
+    // record kept 3 s after the last one.
+    let config = config(&redis, "workers")
+        .visibility_timeout(Duration::from_secs(3))
+        .build()
+        .expect("config");
+    let queue = JobQueue::connect(config).await.expect("connect");
+    let board: Dashboard<TestJob> = queue.dashboard();
+    let mut conn = redis_conn(&redis).await;
+    let record = "{test:workers}:worker:doomed";
+    let alive = InProcessWorker::start(&queue, "alive", |_, _| async { Ok(()) });
+    let mut doomed = ChildWorker::spawn(&redis, "workers", "doomed", 3000, 1, 10);
+    let names = || async {
+        let mut names: Vec<String> = board
+            .list_workers()
+            .await
+            .expect("workers")
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        names.sort();
+        names
+    };
+    eventually("both workers listed", Duration::from_secs(10), || async {
+        names().await == ["alive", "doomed"] && queue.counts().await.expect("counts").workers == 2
+    })
+    .await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(record)
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        ttl > 0 && ttl <= 3000,
+        "the record expires 3 heartbeats on: {ttl} ms"
+    );
+
+    // SIGKILL: no deregistration, the heartbeats just stop.
+    doomed.signal("KILL");
+    let _ = doomed.child.wait();
+    eventually(
+        "the killed worker gone, the live one still listed",
+        Duration::from_secs(8),
+        || {
+            let mut conn = conn.clone();
+            let (names, queue) = (&names, &queue);
+            async move {
+                let record_left: u64 = redis::cmd("EXISTS")
+                    .arg(record)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("exists");
+                let indexed: Option<f64> = redis::cmd("ZSCORE")
+                    .arg("{test:workers}:workers")
+                    .arg("doomed")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("zscore");
+                names().await == ["alive"]
+                    && queue.counts().await.expect("counts").workers == 1
+                    && record_left == 0
+                    && indexed.is_none()
+            }
+        },
+    )
+    .await;
+    alive.stop().await;
+    assert!(names().await.is_empty(), "no stale workers");
 }

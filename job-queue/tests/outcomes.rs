@@ -92,10 +92,7 @@ async fn retries_follow_the_policy_and_the_handler() {
 async fn dead_letters_are_listed_redriven_and_purged() {
     let redis = RedisServer::start().expect("redis");
     let config = config(&redis, "dead")
-        .retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        })
+        .retry(single_attempt())
         .build()
         .expect("config");
     let queue = JobQueue::connect(config).await.expect("connect");
@@ -137,11 +134,7 @@ async fn dead_letters_are_listed_redriven_and_purged() {
         .await
         .expect("retry");
     assert_eq!(redriven, 2);
-    eventually("2 re-driven done", Duration::from_secs(10), || async {
-        let c = queue.counts().await.expect("counts");
-        c.done == 2 && c.dead == 3
-    })
-    .await;
+    until_settled(&queue, 2, 3, Duration::from_secs(10)).await;
     assert_eq!(
         queue.purge_dead(&["d2".to_owned()]).await.expect("purge"),
         1
@@ -151,11 +144,7 @@ async fn dead_letters_are_listed_redriven_and_purged() {
         "purged data gone"
     );
     assert_eq!(queue.retry_all_dead().await.expect("retry all"), 2);
-    eventually("all done", Duration::from_secs(10), || async {
-        let c = queue.counts().await.expect("counts");
-        c.done == 4 && c.dead == 0
-    })
-    .await;
+    until_settled(&queue, 4, 0, Duration::from_secs(10)).await;
     worker.stop().await;
     assert_eq!(queue.purge_all_dead().await.expect("purge all"), 0);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use apalis_core::worker::builder::WorkerBuilder;
 use job_queue::testing::RedisServer;
-use job_queue::{DrainHandle, JobError, JobQueue, QueueConfig, QueueConfigBuilder};
+use job_queue::{DrainHandle, JobError, JobQueue, QueueConfig, QueueConfigBuilder, RetryPolicy};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -20,6 +20,23 @@ pub struct TestJob {
 
 pub fn config(redis: &RedisServer, queue: &str) -> QueueConfigBuilder {
     QueueConfig::builder(redis.url(), queue).namespace("test")
+}
+
+/// One delivery, no retry: a failure is dead at once.
+pub fn single_attempt() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    }
+}
+
+/// A plain connection to the test's Redis, for reading keys directly.
+pub async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn")
 }
 
 pub async fn queue(redis: &RedisServer, queue_name: &str) -> JobQueue {
@@ -45,6 +62,16 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until `queue` counts `done` completed and `dead` dead jobs.
+pub async fn until_settled(queue: &JobQueue, done: u64, dead: u64, timeout: Duration) {
+    let what = format!("{done} done, {dead} dead");
+    eventually(&what, timeout, || async {
+        let c = queue.counts().await.expect("counts");
+        c.done == done && c.dead == dead
+    })
+    .await;
 }
 
 /// What an in-process test handler saw: job number → attempts seen (with times).
