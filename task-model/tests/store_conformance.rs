@@ -259,6 +259,34 @@ async fn import_stores_each_instrument_and_form_once(store: AnyStore) {
         .await
         .expect("count");
     assert_eq!(instruments, 10);
+    // The same documents written differently (a pretty-printed JSON array,
+    // the instrument's keys in another order) are still the same documents.
+    let reordered = task_json("f-0", 3);
+    let instrument = reordered["instrument"].to_string();
+    let title_first = format!(
+        "{{\"title\":\"Instrument\",{}",
+        instrument
+            .trim_start_matches('{')
+            .replace(",\"title\":\"Instrument\"", "")
+    );
+    assert_ne!(title_first, instrument, "the key order differs");
+    let text = format!(
+        "[{},\n{}]",
+        serde_json::to_string_pretty(&task_json("f-1", 4)).expect("json"),
+        reordered.to_string().replace(&instrument, &title_first)
+    );
+    let report = store
+        .import(std::io::Cursor::new(text.into_bytes()))
+        .await
+        .expect("import");
+    assert_eq!(report.inserted, 2, "{report:?}");
+    let documents = query_i64(
+        &store,
+        "SELECT (SELECT COUNT(*) FROM instruments) + (SELECT COUNT(*) FROM forms)",
+    )
+    .await
+    .expect("count");
+    assert_eq!(documents, 20);
 }
 
 async fn stream_yields_each_due_task_once_by_status(store: AnyStore) {

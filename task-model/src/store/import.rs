@@ -60,17 +60,69 @@ pub(crate) struct Document {
 }
 
 impl Document {
-    /// Keys the document by the SHA-256 of its JSON text, as given.
-    fn of(raw: &RawValue) -> Document {
-        let body = raw.get().to_string();
-        let digest = Sha256::digest(body.as_bytes());
-        let mut hash = String::with_capacity(64);
-        for byte in digest {
-            use std::fmt::Write;
-            // Writing to a String cannot fail.
-            let _ = write!(hash, "{byte:02x}");
+    /// The document in canonical form (object keys sorted at every level, no
+    /// insignificant whitespace), keyed by the SHA-256 of that text: the same
+    /// document written with other spacing or key order is stored once.
+    fn canonical(raw: &RawValue) -> Result<Document, serde_json::Error> {
+        let value: Value = serde_json::from_str(raw.get())?;
+        let body = serde_json::to_string(&sorted_keys(value))?;
+        let hash = hex_sha256(body.as_bytes());
+        Ok(Document { hash, body })
+    }
+}
+
+/// `value` with the keys of every object in sorted order (whatever map
+/// serde_json was built with).
+fn sorted_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
         }
-        Document { hash, body }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut hash = String::with_capacity(64);
+    for byte in Sha256::digest(bytes) {
+        // Writing to a String cannot fail.
+        let _ = write!(hash, "{byte:02x}");
+    }
+    hash
+}
+
+/// The canonical [`Document`] of each document text seen in this import,
+/// by the digest of the text as given, so a document shared by many tasks
+/// is parsed and rewritten once. Bounded: forgotten past
+/// [`DocumentKeys::LIMIT`] distinct texts.
+#[derive(Default)]
+struct DocumentKeys {
+    by_text: HashMap<[u8; 32], Document>,
+}
+
+impl DocumentKeys {
+    const LIMIT: usize = 1024;
+
+    fn of(&mut self, raw: &RawValue) -> Result<Document, serde_json::Error> {
+        let digest: [u8; 32] = Sha256::digest(raw.get().as_bytes()).into();
+        if let Some(doc) = self.by_text.get(&digest) {
+            return Ok(doc.clone());
+        }
+        let doc = Document::canonical(raw)?;
+        if self.by_text.len() >= Self::LIMIT {
+            self.by_text.clear();
+        }
+        self.by_text.insert(digest, doc.clone());
+        Ok(doc)
     }
 }
 
@@ -110,6 +162,7 @@ impl PreparedTask {
     fn from_record(
         position: RecordPosition,
         record: ImportRecord<'_>,
+        keys: &mut DocumentKeys,
     ) -> Result<PreparedTask, ImportError> {
         let fail = |message: String| ImportError {
             position,
@@ -140,10 +193,16 @@ impl PreparedTask {
                 .filter(|text| text.trim() != "null")
                 .map(str::to_string)
         };
+        let instrument = keys
+            .of(record.instrument)
+            .map_err(|e| fail(format!("instrument cannot be stored: {e}")))?;
+        let form = keys
+            .of(record.form)
+            .map_err(|e| fail(format!("form cannot be stored: {e}")))?;
         Ok(PreparedTask {
             position,
-            instrument: Document::of(record.instrument),
-            form: Document::of(record.form),
+            instrument,
+            form,
             subject,
             parameters: optional(record.parameters),
             initial_assessment: optional(record.assessment),
@@ -170,9 +229,9 @@ fn id_of_value(value: &Value) -> Option<TaskId> {
 }
 
 /// Parses one record's JSON text.
-fn parse_record(position: RecordPosition, text: &[u8]) -> Parsed {
+fn parse_record(position: RecordPosition, text: &[u8], keys: &mut DocumentKeys) -> Parsed {
     match serde_json::from_slice::<ImportRecord<'_>>(text) {
-        Ok(record) => PreparedTask::from_record(position, record),
+        Ok(record) => PreparedTask::from_record(position, record, keys),
         Err(e) => {
             let task_id = serde_json::from_slice::<Value>(text)
                 .ok()
@@ -197,6 +256,7 @@ struct Batcher {
     tx: mpsc::Sender<Message>,
     batch: Vec<Parsed>,
     size: usize,
+    keys: DocumentKeys,
 }
 
 impl Batcher {
@@ -244,7 +304,8 @@ fn parse_ndjson<R: BufRead>(mut input: R, lines_before: u64, out: &mut Batcher) 
         if text.is_empty() {
             continue;
         }
-        if !out.push(parse_record(RecordPosition::Line(number), text)) {
+        let parsed = parse_record(RecordPosition::Line(number), text, &mut out.keys);
+        if !out.push(parsed) {
             return;
         }
     }
@@ -268,7 +329,11 @@ impl<'de> Visitor<'de> for Elements<'_> {
         while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
             let index = *self.seen;
             *self.seen += 1;
-            let parsed = parse_record(RecordPosition::Index(index), raw.get().as_bytes());
+            let parsed = parse_record(
+                RecordPosition::Index(index),
+                raw.get().as_bytes(),
+                &mut self.out.keys,
+            );
             if !self.out.push(parsed) {
                 break;
             }
@@ -490,6 +555,7 @@ where
             tx,
             batch: Vec::with_capacity(size),
             size,
+            keys: DocumentKeys::default(),
         };
         parse_input(input, &mut out);
     });
@@ -620,6 +686,7 @@ mod tests {
             tx,
             batch: Vec::new(),
             size: 2,
+            keys: DocumentKeys::default(),
         };
         let text = text.to_string();
         std::thread::spawn(move || parse_input(text.as_bytes(), &mut out))
@@ -637,10 +704,25 @@ mod tests {
     #[test]
     fn equal_documents_hash_equal() {
         let raw = |t: &str| serde_json::from_str::<Box<RawValue>>(t).expect("json");
-        let a = Document::of(&raw(r#"{"a":1,"b":[1,2]}"#));
-        assert_eq!(a.hash, Document::of(&raw(r#"{"a":1,"b":[1,2]}"#)).hash);
+        let doc = |t: &str| Document::canonical(&raw(t)).expect("document");
+        let a = doc(r#"{"a":1,"b":[1,2],"c":{"y":1,"x":2}}"#);
         assert_eq!(a.hash.len(), 64);
-        assert_ne!(a.hash, Document::of(&raw(r#"{"a":2}"#)).hash);
+        assert_eq!(a.body, r#"{"a":1,"b":[1,2],"c":{"x":2,"y":1}}"#);
+        // Other spacing and key order: the same document.
+        let b = doc("{ \"c\": {\"x\": 2, \"y\": 1},\n  \"b\": [1, 2], \"a\": 1 }");
+        assert_eq!(
+            (a.hash.as_str(), a.body.as_str()),
+            (b.hash.as_str(), b.body.as_str())
+        );
+        assert_ne!(a.hash, doc(r#"{"a":2}"#).hash);
+        // Array order is content.
+        assert_ne!(a.hash, doc(r#"{"a":1,"b":[2,1],"c":{"x":2,"y":1}}"#).hash);
+        let mut keys = DocumentKeys::default();
+        assert_eq!(
+            keys.of(&raw(r#"{"b":1,"a":2}"#)).expect("doc").body,
+            r#"{"a":2,"b":1}"#
+        );
+        assert_eq!(keys.by_text.len(), 1);
     }
 
     #[test]
