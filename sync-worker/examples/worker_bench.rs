@@ -106,7 +106,7 @@ async fn world(sim_url: &str, concurrency: usize, namespace: &str) -> World {
     let yaml = format!(
         "portal_client:\n  url: {sim_url}\n  api_key: {KEY}\n  timeout: 30\n  task_package_size: {PACKAGE}\n\
          redis:\n  url: {}\n  namespace: {namespace}\n\
-         store:\n  url: sqlite://{}\n  pool_size: 8\n\
+         store:\n  url: sqlite://{}\n\
          worker:\n  concurrency: {concurrency}\n  shutdown_grace: 10\n",
         redis.url(),
         db.display()

@@ -88,7 +88,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(s.redis.namespace, "portal-sync");
     assert_eq!(s.store.url.expose(), "sqlite://portal-sync.db");
     assert_eq!(s.store.kind(), StoreKind::Sqlite);
-    assert_eq!(s.store.pool_size, 8);
+    assert_eq!(s.store.pool_size, 4, "SQLite's default pool");
     let w = &s.worker;
     assert_eq!(w.concurrency, 32);
     assert_eq!(w.rate_limit_per_second, None);
@@ -96,6 +96,23 @@ fn minimal_file_gets_every_default() {
     assert_eq!(w.http_bind.to_string(), "127.0.0.1:9102");
     assert!(w.dashboard_token.is_none());
     assert!(w.backoff_base <= w.backoff_cap);
+}
+
+#[test]
+fn the_default_pool_size_depends_on_the_backend() {
+    let s = load_ok(&with_portal(
+        "store:\n  url: postgres://sync@db.example.org/tasks\n",
+    ));
+    assert_eq!(s.store.kind(), StoreKind::Postgres);
+    assert_eq!(s.store.pool_size, 8);
+    let s = load_ok(&with_portal(
+        "store:\n  url: sqlite:///var/lib/portal-sync/tasks.db\n",
+    ));
+    assert_eq!(s.store.pool_size, 4);
+    let s = load_ok(&with_portal(
+        "store:\n  url: sqlite:///var/lib/portal-sync/tasks.db\n  pool_size: 9\n",
+    ));
+    assert_eq!(s.store.pool_size, 9, "a set value wins");
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //!   namespace: portal-sync        # key prefix of every queue
 //! store:
 //!   url: sqlite://portal-sync.db  # or postgres://user:password@host/db
-//!   pool_size: 8                  # pooled store connections, 1..=256
+//!   pool_size: 4                  # pooled store connections, 1..=256 (default 4 on SQLite, 8 on PostgreSQL)
 //! worker:
 //!   concurrency: 32               # jobs run at once, 1..=4096
 //!   rate_limit_per_second: 10     # optional: portal requests per second (decimals allowed)
@@ -91,7 +91,12 @@ pub const MAX_TASK_PACKAGE_SIZE: usize = 1000;
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_NAMESPACE: &str = "portal-sync";
 pub const DEFAULT_STORE_URL: &str = "sqlite://portal-sync.db";
+/// Default `store.pool_size` on PostgreSQL.
 pub const DEFAULT_POOL_SIZE: u32 = 8;
+/// Default `store.pool_size` on SQLite: the file has one writer at a time,
+/// so more connections add memory (a page cache and a thread each) more
+/// than speed.
+pub const DEFAULT_SQLITE_POOL_SIZE: u32 = 4;
 pub const DEFAULT_CONCURRENCY: usize = 32;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -505,10 +510,15 @@ fn read_store(r: &mut Reader<'_>) -> Option<StoreSettings> {
     } else {
         SecretUrl::parse(DEFAULT_STORE_URL).ok()?
     };
+    let default_pool = if url.scheme() == "sqlite" {
+        DEFAULT_SQLITE_POOL_SIZE
+    } else {
+        DEFAULT_POOL_SIZE
+    };
     let pool_size = r.integer(
         "store",
         "pool_size",
-        u64::from(DEFAULT_POOL_SIZE),
+        u64::from(default_pool),
         1,
         256,
         " of connections",

@@ -102,6 +102,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
+            // 1 MiB of page cache per connection (SQLite's default is 2 MiB):
+            // the operating system caches the file as well, and a worker's
+            // pool of several connections otherwise holds most of its memory.
+            .pragma("cache_size", "-1024")
             // Room for a whole page of rows, so the connection's worker thread
             // runs a page query without waiting for the reader.
             .row_buffer_size(DEFAULT_BATCH_SIZE);
