@@ -516,10 +516,16 @@ pub enum AnyStore {
 /// Opens the store at `url`, creating and migrating it on first use:
 /// `sqlite://relative/or/absolute/path.db` (also `sqlite:path`) or
 /// `postgres://user@host:port/database` (also `postgresql://`). Its pool
-/// holds up to [`crate::settings::DEFAULT_POOL_SIZE`] connections; binaries
-/// open the store of their settings with [`open_store_with`].
+/// holds the backend's default number of connections (as the settings'
+/// `store.pool_size` default); binaries open the store of their settings
+/// with [`open_store_with`].
 pub async fn open_store(url: &str) -> Result<AnyStore, StoreError> {
-    open_store_with(url, crate::settings::DEFAULT_POOL_SIZE).await
+    let connections = if url.starts_with("sqlite:") {
+        crate::settings::DEFAULT_SQLITE_POOL_SIZE
+    } else {
+        crate::settings::DEFAULT_POOL_SIZE
+    };
+    open_store_with(url, connections).await
 }
 
 /// As [`open_store`], with at most `connections` pooled connections (the

@@ -66,7 +66,7 @@ impl SqliteStore {
     /// Opens (creating the file and its directory if needed) and migrates the
     /// store at `sqlite://PATH` or `sqlite:PATH`.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with(url, crate::settings::DEFAULT_POOL_SIZE).await
+        SqliteStore::open_with(url, crate::settings::DEFAULT_SQLITE_POOL_SIZE).await
     }
 
     /// As [`SqliteStore::open`], with at most `connections` connections (each
