@@ -363,6 +363,10 @@ pub enum StoreError {
     },
     #[error("write-back of task {task_id}: the row kept changing under us ({rounds} attempts)")]
     Contended { task_id: TaskId, rounds: u32 },
+    /// The reader behind a due-task stream stopped before the end (it
+    /// panicked or its runtime shut down): the stream is incomplete.
+    #[error("store stream due tasks stopped before the end: {reason}")]
+    StreamStopped { reason: String },
     /// A row the host wrote that cannot be read; the task is skipped.
     #[error(transparent)]
     BadRow(RowError),

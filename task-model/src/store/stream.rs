@@ -14,6 +14,8 @@
 //! page.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
@@ -124,6 +126,13 @@ impl<B: DuePages> State<B> {
 /// and the one being read.
 const PAGES_AHEAD: usize = 1;
 
+/// The task reading pages ahead of a stream's consumer.
+enum Reader {
+    NotStarted(Pin<Box<dyn Future<Output = ()> + Send>>),
+    Running(tokio::task::JoinHandle<()>),
+    Done,
+}
+
 /// The due-task stream of `backend` for `query`.
 pub(crate) fn stream_due_with<B: DuePages>(
     backend: B,
@@ -147,7 +156,7 @@ pub(crate) fn stream_due_with<B: DuePages>(
         failed: false,
     };
     let (pages, mut received) = tokio::sync::mpsc::channel(PAGES_AHEAD);
-    let mut reader = Some(async move {
+    let mut reader = Reader::NotStarted(Box::pin(async move {
         let mut state = state;
         while let Some(items) = state.next_items().await {
             if pages.send(items).await.is_err() {
@@ -155,16 +164,95 @@ pub(crate) fn stream_due_with<B: DuePages>(
                 return;
             }
         }
-    });
+    }));
     // The reader starts on the first poll, so building the stream needs no
-    // runtime and a stream never polled reads nothing.
+    // runtime and a stream never polled reads nothing. When its pages run
+    // out, the reader's own end tells a finished walk from a reader that
+    // died half-way, which must not pass for the end.
     futures::stream::poll_fn(move |cx| {
-        if let Some(reader) = reader.take() {
-            tokio::spawn(reader);
+        loop {
+            match &mut reader {
+                Reader::NotStarted(_) => {
+                    if let Reader::NotStarted(walk) = std::mem::replace(&mut reader, Reader::Done) {
+                        reader = Reader::Running(tokio::spawn(walk));
+                    }
+                }
+                Reader::Running(handle) => {
+                    match received.poll_recv(cx) {
+                        Poll::Ready(Some(items)) => return Poll::Ready(Some(items)),
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(None) => {}
+                    }
+                    let ended = std::task::ready!(Pin::new(handle).poll(cx));
+                    reader = Reader::Done;
+                    if let Err(e) = ended {
+                        let reason = if e.is_panic() {
+                            "the reader panicked"
+                        } else {
+                            "the reader was cancelled"
+                        };
+                        return Poll::Ready(Some(vec![Err(StoreError::StreamStopped {
+                            reason: reason.into(),
+                        })]));
+                    }
+                }
+                Reader::Done => return Poll::Ready(None),
+            }
         }
-        received.poll_recv(cx)
     })
     .map(futures::stream::iter)
     .flatten()
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend whose decoding panics: the stream must say it stopped, not
+    /// end as if every task had been read.
+    #[derive(Clone)]
+    struct PanickingPages;
+
+    impl DuePages for PanickingPages {
+        type Row = String;
+
+        async fn page(
+            &self,
+            _segment: Segment,
+            _now_millis: i64,
+            _limit: i64,
+            after: Option<&str>,
+        ) -> Result<Vec<String>, StoreError> {
+            Ok(if after.is_none() {
+                vec!["t-1".into()]
+            } else {
+                Vec::new()
+            })
+        }
+
+        fn row_id(row: &String) -> Result<String, sqlx::Error> {
+            Ok(row.clone())
+        }
+
+        async fn decode_rows(
+            &self,
+            _rows: Vec<String>,
+            _cache: &mut DocumentCache,
+        ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+            panic!("decoding failed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_dies_half_way_is_reported_not_taken_for_the_end() {
+        let query = DueQuery::new(vec![LocalStatus::AwaitingSubmission], chrono::Utc::now());
+        let items: Vec<Result<LocalTask, StoreError>> =
+            stream_due_with(PanickingPages, query).collect().await;
+        assert_eq!(items.len(), 1, "one item: the error");
+        match &items[0] {
+            Err(StoreError::StreamStopped { reason }) => assert!(reason.contains("panicked")),
+            other => panic!("expected StreamStopped, got {other:?}"),
+        }
+    }
 }
