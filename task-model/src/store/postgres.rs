@@ -17,8 +17,10 @@ use sqlx::migrate::{MigrateDatabase as _, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::import::{self, ImportBackend, PreparedTask, StoredTasks};
-use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
-use super::stream::{DuePages, Segment, stream_due_with};
+use super::row::{
+    self, CurrentState, DocumentCache, DocumentKind, DocumentPair, RawPortal, RawTask,
+};
+use super::stream::{DuePages, Segment, decode_rows, stream_due_with};
 use super::write_back::{PlannedWrite, WriteBackBackend, write_back_with};
 use super::{
     DEFAULT_BATCH_SIZE, DueQuery, ImportReport, LeaseRequest, RowError, StatusCounts, StoreError,
@@ -100,7 +102,113 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
 
+/// A batch of tasks as column arrays for `UNNEST`.
+struct TaskColumns<'a> {
+    ids: Vec<&'a str>,
+    names: Vec<&'a str>,
+    instruments: Vec<&'a str>,
+    forms: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    parameters: Vec<Option<&'a str>>,
+    assessments: Vec<Option<&'a str>>,
+}
+
+/// The due-task query for each kind of page; every variant takes the same
+/// four parameters ($1 status, $2 now, $3 limit, $4 cursor).
+macro_rules! due_sql {
+    ($condition:literal, $order:literal) => {
+        concat!(
+            "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+             subject, parameters, initial_assessment, status, \
+             portal_code, portal_subject_code, portal_status, portal_revision, \
+             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+             error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
+            $condition,
+            // A scalar subquery, so each candidate row costs one probe of the
+            // lease key (the planner turns NOT EXISTS into a join that reads
+            // every lease).
+            " AND COALESCE((SELECT l.lease_until FROM task_leases l \
+               WHERE l.host_system_id = tasks.host_system_id), 0) <= $2 ORDER BY ",
+            $order,
+            " LIMIT $3"
+        )
+    };
+}
+
+impl DuePages for PostgresStore {
+    type Row = PgRow;
+
+    async fn page(
+        &self,
+        segment: Segment,
+        now_millis: i64,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        let sql = match (segment, after) {
+            (Segment::Status(_), None) => due_sql!(
+                "status = $1 AND $4::text IS NULL",
+                // The whole index order, so the planner walks the index.
+                "status, host_system_id"
+            ),
+            (Segment::Status(_), Some(_)) => due_sql!(
+                "status = $1 AND host_system_id > $4",
+                "status, host_system_id"
+            ),
+            (Segment::Unknown, None) => due_sql!(
+                "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
+                 AND $1::text IS NULL AND $4::text IS NULL",
+                "host_system_id"
+            ),
+            (Segment::Unknown, Some(_)) => due_sql!(
+                "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
+                 AND $1::text IS NULL AND host_system_id > $4",
+                "host_system_id"
+            ),
+        };
+        let status = match segment {
+            Segment::Status(s) => Some(s.as_str()),
+            Segment::Unknown => None,
+        };
+        sqlx::query(sql)
+            .bind(status)
+            .bind(now_millis)
+            .bind(limit)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("stream due tasks"))
+    }
+
+    fn row_id(row: &PgRow) -> Result<String, sqlx::Error> {
+        row.try_get(0)
+    }
+
+    fn raw_task(row: &PgRow) -> Result<RawTask, RowError> {
+        RawTask::from_row(row)
+    }
+
+    async fn documents(
+        &self,
+        kind: DocumentKind,
+        hashes: Vec<String>,
+    ) -> Result<Vec<DocumentPair>, StoreError> {
+        let sql = match kind {
+            DocumentKind::Instrument => "SELECT hash, body FROM instruments WHERE hash = ANY($1)",
+            DocumentKind::Form => "SELECT hash, body FROM forms WHERE hash = ANY($1)",
+        };
+        let rows = sqlx::query(sql)
+            .bind(&hashes)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read documents"))?;
+        Ok(row::document_pairs(rows))
+    }
+}
+
+impl ImportBackend for PostgresStore {
     async fn existing_statuses(
         &self,
         ids: &[TaskId],
@@ -224,162 +332,6 @@ impl PostgresStore {
         }
         tx.commit().await?;
         Ok((inserted, updated, committed_docs))
-    }
-
-    async fn fetch_documents(
-        &self,
-        kind: DocumentKind,
-        hashes: Vec<String>,
-        cache: &mut DocumentCache,
-    ) -> Result<(), StoreError> {
-        if hashes.is_empty() {
-            return Ok(());
-        }
-        let sql = match kind {
-            DocumentKind::Instrument => "SELECT hash, body FROM instruments WHERE hash = ANY($1)",
-            DocumentKind::Form => "SELECT hash, body FROM forms WHERE hash = ANY($1)",
-        };
-        let rows = sqlx::query(sql)
-            .bind(&hashes)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::query("read documents"))?;
-        for row in rows {
-            let Ok(hash) = row.try_get::<String, _>(0) else {
-                continue;
-            };
-            let body = row
-                .try_get::<String, _>(1)
-                .map_err(|e| format!("unreadable: {e}"));
-            cache.insert(kind, hash, body);
-        }
-        Ok(())
-    }
-
-    async fn decode_rows(
-        &self,
-        rows: Vec<PgRow>,
-        cache: &mut DocumentCache,
-    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
-        let raws: Vec<Result<RawTask, RowError>> = rows.iter().map(RawTask::from_row).collect();
-        let good: Vec<&RawTask> = raws.iter().filter_map(|r| r.as_ref().ok()).collect();
-        for kind in [DocumentKind::Instrument, DocumentKind::Form] {
-            let missing = cache.missing(kind, good.iter().copied());
-            self.fetch_documents(kind, missing, cache).await?;
-        }
-        Ok(raws
-            .into_iter()
-            .map(|raw| raw.and_then(|raw| row::decode_task(raw, cache)))
-            .collect())
-    }
-}
-
-/// A batch of tasks as column arrays for `UNNEST`.
-struct TaskColumns<'a> {
-    ids: Vec<&'a str>,
-    names: Vec<&'a str>,
-    instruments: Vec<&'a str>,
-    forms: Vec<&'a str>,
-    subjects: Vec<&'a str>,
-    parameters: Vec<Option<&'a str>>,
-    assessments: Vec<Option<&'a str>>,
-}
-
-/// The due-task query for each kind of page; every variant takes the same
-/// four parameters ($1 status, $2 now, $3 limit, $4 cursor).
-macro_rules! due_sql {
-    ($condition:literal, $order:literal) => {
-        concat!(
-            "SELECT host_system_id, display_name, instrument_hash, form_hash, \
-             subject, parameters, initial_assessment, status, \
-             portal_code, portal_subject_code, portal_status, portal_revision, \
-             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
-             error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
-            $condition,
-            // A scalar subquery, so each candidate row costs one probe of the
-            // lease key (the planner turns NOT EXISTS into a join that reads
-            // every lease).
-            " AND COALESCE((SELECT l.lease_until FROM task_leases l \
-               WHERE l.host_system_id = tasks.host_system_id), 0) <= $2 ORDER BY ",
-            $order,
-            " LIMIT $3"
-        )
-    };
-}
-
-impl DuePages for PostgresStore {
-    type Row = PgRow;
-
-    async fn page(
-        &self,
-        segment: Segment,
-        now_millis: i64,
-        limit: i64,
-        after: Option<&str>,
-    ) -> Result<Vec<PgRow>, StoreError> {
-        let sql = match (segment, after) {
-            (Segment::Status(_), None) => due_sql!(
-                "status = $1 AND $4::text IS NULL",
-                // The whole index order, so the planner walks the index.
-                "status, host_system_id"
-            ),
-            (Segment::Status(_), Some(_)) => due_sql!(
-                "status = $1 AND host_system_id > $4",
-                "status, host_system_id"
-            ),
-            (Segment::Unknown, None) => due_sql!(
-                "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
-                 AND $1::text IS NULL AND $4::text IS NULL",
-                "host_system_id"
-            ),
-            (Segment::Unknown, Some(_)) => due_sql!(
-                "status <> ALL('{awaiting-submission,awaiting-completion,complete,cancelled}'::text[]) \
-                 AND $1::text IS NULL AND host_system_id > $4",
-                "host_system_id"
-            ),
-        };
-        let status = match segment {
-            Segment::Status(s) => Some(s.as_str()),
-            Segment::Unknown => None,
-        };
-        sqlx::query(sql)
-            .bind(status)
-            .bind(now_millis)
-            .bind(limit)
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::query("stream due tasks"))
-    }
-
-    fn row_id(row: &PgRow) -> Result<String, sqlx::Error> {
-        row.try_get(0)
-    }
-
-    async fn decode_rows(
-        &self,
-        rows: Vec<PgRow>,
-        cache: &mut DocumentCache,
-    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
-        PostgresStore::decode_rows(self, rows, cache).await
-    }
-}
-
-impl ImportBackend for PostgresStore {
-    async fn existing_statuses(
-        &self,
-        ids: &[TaskId],
-    ) -> Result<HashMap<String, String>, StoreError> {
-        PostgresStore::existing_statuses(self, ids).await
-    }
-
-    async fn store_tasks(
-        &self,
-        new: &[PreparedTask],
-        updates: &[PreparedTask],
-        known: &HashSet<String>,
-    ) -> StoredTasks {
-        PostgresStore::store_tasks(self, new, updates, known).await
     }
 }
 
@@ -571,7 +523,7 @@ impl TaskStore for PostgresStore {
         .await
         .map_err(StoreError::query("load tasks"))?;
         let mut cache = DocumentCache::default();
-        let decoded = self.decode_rows(rows, &mut cache).await?;
+        let decoded = decode_rows(self, rows, &mut cache).await?;
         Ok(super::in_asked_order(ids, decoded))
     }
 

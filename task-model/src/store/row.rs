@@ -85,6 +85,31 @@ where
     column(row, 0, "host_system_id", "<unreadable id>")
 }
 
+/// A stored document: its hash and its body, or why the body is unreadable.
+pub(crate) type DocumentPair = (String, Result<String, String>);
+
+/// The `(hash, body)` of each fetched document row (columns `hash`, `body`);
+/// a body that cannot be read as text is kept as a message, so the tasks
+/// that reference it are reported, not the whole page refused. A row whose
+/// hash cannot be read is left out (its tasks then report a missing
+/// document).
+pub(crate) fn document_pairs<R>(rows: Vec<R>) -> Vec<DocumentPair>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    rows.iter()
+        .filter_map(|row| {
+            let hash = row.try_get::<String, _>(0).ok()?;
+            let body = row
+                .try_get::<String, _>(1)
+                .map_err(|e| format!("unreadable: {e}"));
+            Some((hash, body))
+        })
+        .collect()
+}
+
 impl RawPortalColumns {
     fn from_row<R>(row: &R, first: usize, id: &str) -> Result<RawPortalColumns, RowError>
     where

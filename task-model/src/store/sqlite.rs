@@ -24,8 +24,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use super::import::{self, ImportBackend, PreparedTask, StoredTasks};
-use super::row::{self, CurrentState, DocumentCache, DocumentKind, RawPortal, RawTask};
-use super::stream::{DuePages, Segment, stream_due_with};
+use super::row::{
+    self, CurrentState, DocumentCache, DocumentKind, DocumentPair, RawPortal, RawTask,
+};
+use super::stream::{DuePages, Segment, decode_rows, stream_due_with};
 use super::write_back::{PlannedWrite, WriteBackBackend, write_back_with};
 use super::{
     DEFAULT_BATCH_SIZE, DueQuery, ImportReport, LeaseRequest, RowError, StatusCounts, StoreError,
@@ -136,7 +138,94 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
 
+/// The due-task query for each kind of page; every variant takes the same
+/// four parameters (?1 status, ?2 now, ?3 limit, ?4 cursor).
+macro_rules! due_sql {
+    ($condition:literal) => {
+        concat!(
+            "SELECT host_system_id, display_name, instrument_hash, form_hash, \
+             subject, parameters, initial_assessment, status, \
+             portal_code, portal_subject_code, portal_status, portal_revision, \
+             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
+             error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
+            $condition,
+            // One probe of the lease key per candidate row.
+            " AND COALESCE((SELECT l.lease_until FROM task_leases l \
+               WHERE l.host_system_id = tasks.host_system_id), 0) <= ?2 \
+             ORDER BY host_system_id LIMIT ?3"
+        )
+    };
+}
+
+impl DuePages for SqliteStore {
+    type Row = SqliteRow;
+
+    async fn page(
+        &self,
+        segment: Segment,
+        now_millis: i64,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let sql = match (segment, after) {
+            (Segment::Status(_), None) => due_sql!("status = ?1 AND ?4 IS NULL"),
+            (Segment::Status(_), Some(_)) => due_sql!("status = ?1 AND host_system_id > ?4"),
+            (Segment::Unknown, None) => due_sql!(
+                "status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled') \
+                 AND ?1 IS NULL AND ?4 IS NULL"
+            ),
+            (Segment::Unknown, Some(_)) => due_sql!(
+                "status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled') \
+                 AND ?1 IS NULL AND host_system_id > ?4"
+            ),
+        };
+        let status = match segment {
+            Segment::Status(s) => Some(s.as_str()),
+            Segment::Unknown => None,
+        };
+        sqlx::query(sql)
+            .bind(status)
+            .bind(now_millis)
+            .bind(limit)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("stream due tasks"))
+    }
+
+    fn row_id(row: &SqliteRow) -> Result<String, sqlx::Error> {
+        row.try_get(0)
+    }
+
+    fn raw_task(row: &SqliteRow) -> Result<RawTask, RowError> {
+        RawTask::from_row(row)
+    }
+
+    async fn documents(
+        &self,
+        kind: DocumentKind,
+        hashes: Vec<String>,
+    ) -> Result<Vec<DocumentPair>, StoreError> {
+        let sql = match kind {
+            DocumentKind::Instrument => {
+                "SELECT hash, body FROM instruments WHERE hash IN (SELECT value FROM json_each(?1))"
+            }
+            DocumentKind::Form => {
+                "SELECT hash, body FROM forms WHERE hash IN (SELECT value FROM json_each(?1))"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(ids_json(&hashes))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read documents"))?;
+        Ok(row::document_pairs(rows))
+    }
+}
+
+impl ImportBackend for SqliteStore {
     async fn existing_statuses(
         &self,
         ids: &[TaskId],
@@ -233,144 +322,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok((inserted, updated, committed_docs))
-    }
-
-    async fn fetch_documents(
-        &self,
-        kind: DocumentKind,
-        hashes: Vec<String>,
-        cache: &mut DocumentCache,
-    ) -> Result<(), StoreError> {
-        if hashes.is_empty() {
-            return Ok(());
-        }
-        let sql = match kind {
-            DocumentKind::Instrument => {
-                "SELECT hash, body FROM instruments WHERE hash IN (SELECT value FROM json_each(?1))"
-            }
-            DocumentKind::Form => {
-                "SELECT hash, body FROM forms WHERE hash IN (SELECT value FROM json_each(?1))"
-            }
-        };
-        let rows = sqlx::query(sql)
-            .bind(serde_json::to_string(&hashes).unwrap_or_else(|_| "[]".into()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::query("read documents"))?;
-        for row in rows {
-            let Ok(hash) = row.try_get::<String, _>(0) else {
-                continue;
-            };
-            let body = row
-                .try_get::<String, _>(1)
-                .map_err(|e| format!("unreadable: {e}"));
-            cache.insert(kind, hash, body);
-        }
-        Ok(())
-    }
-
-    /// Decodes fetched rows, loading the documents they reference.
-    async fn decode_rows(
-        &self,
-        rows: Vec<SqliteRow>,
-        cache: &mut DocumentCache,
-    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
-        let raws: Vec<Result<RawTask, RowError>> = rows.iter().map(RawTask::from_row).collect();
-        let good: Vec<&RawTask> = raws.iter().filter_map(|r| r.as_ref().ok()).collect();
-        for kind in [DocumentKind::Instrument, DocumentKind::Form] {
-            let missing = cache.missing(kind, good.iter().copied());
-            self.fetch_documents(kind, missing, cache).await?;
-        }
-        Ok(raws
-            .into_iter()
-            .map(|raw| raw.and_then(|raw| row::decode_task(raw, cache)))
-            .collect())
-    }
-}
-
-/// The due-task query for each kind of page; every variant takes the same
-/// four parameters (?1 status, ?2 now, ?3 limit, ?4 cursor).
-macro_rules! due_sql {
-    ($condition:literal) => {
-        concat!(
-            "SELECT host_system_id, display_name, instrument_hash, form_hash, \
-             subject, parameters, initial_assessment, status, \
-             portal_code, portal_subject_code, portal_status, portal_revision, \
-             portal_date_created, portal_date_started, portal_date_completed, portal_assessment, \
-             error_message, error_attempts, error_at, row_version FROM tasks WHERE ",
-            $condition,
-            // One probe of the lease key per candidate row.
-            " AND COALESCE((SELECT l.lease_until FROM task_leases l \
-               WHERE l.host_system_id = tasks.host_system_id), 0) <= ?2 \
-             ORDER BY host_system_id LIMIT ?3"
-        )
-    };
-}
-
-impl DuePages for SqliteStore {
-    type Row = SqliteRow;
-
-    async fn page(
-        &self,
-        segment: Segment,
-        now_millis: i64,
-        limit: i64,
-        after: Option<&str>,
-    ) -> Result<Vec<SqliteRow>, StoreError> {
-        let sql = match (segment, after) {
-            (Segment::Status(_), None) => due_sql!("status = ?1 AND ?4 IS NULL"),
-            (Segment::Status(_), Some(_)) => due_sql!("status = ?1 AND host_system_id > ?4"),
-            (Segment::Unknown, None) => due_sql!(
-                "status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled') \
-                 AND ?1 IS NULL AND ?4 IS NULL"
-            ),
-            (Segment::Unknown, Some(_)) => due_sql!(
-                "status NOT IN ('awaiting-submission', 'awaiting-completion', 'complete', 'cancelled') \
-                 AND ?1 IS NULL AND host_system_id > ?4"
-            ),
-        };
-        let status = match segment {
-            Segment::Status(s) => Some(s.as_str()),
-            Segment::Unknown => None,
-        };
-        sqlx::query(sql)
-            .bind(status)
-            .bind(now_millis)
-            .bind(limit)
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::query("stream due tasks"))
-    }
-
-    fn row_id(row: &SqliteRow) -> Result<String, sqlx::Error> {
-        row.try_get(0)
-    }
-
-    async fn decode_rows(
-        &self,
-        rows: Vec<SqliteRow>,
-        cache: &mut DocumentCache,
-    ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
-        SqliteStore::decode_rows(self, rows, cache).await
-    }
-}
-
-impl ImportBackend for SqliteStore {
-    async fn existing_statuses(
-        &self,
-        ids: &[TaskId],
-    ) -> Result<HashMap<String, String>, StoreError> {
-        SqliteStore::existing_statuses(self, ids).await
-    }
-
-    async fn store_tasks(
-        &self,
-        new: &[PreparedTask],
-        updates: &[PreparedTask],
-        known: &HashSet<String>,
-    ) -> StoredTasks {
-        SqliteStore::store_tasks(self, new, updates, known).await
     }
 }
 
@@ -541,7 +492,7 @@ impl TaskStore for SqliteStore {
         .await
         .map_err(StoreError::query("load tasks"))?;
         let mut cache = DocumentCache::default();
-        let decoded = self.decode_rows(rows, &mut cache).await?;
+        let decoded = decode_rows(self, rows, &mut cache).await?;
         Ok(super::in_asked_order(ids, decoded))
     }
 

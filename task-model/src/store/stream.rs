@@ -20,7 +20,7 @@ use std::task::Poll;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 
-use super::row::DocumentCache;
+use super::row::{self, DocumentCache, DocumentKind, DocumentPair, RawTask};
 use super::{DueQuery, RowError, StoreError};
 use crate::task::{LocalStatus, LocalTask};
 
@@ -32,9 +32,10 @@ pub(crate) enum Segment {
     Unknown,
 }
 
-/// What a backend provides to be streamed from.
+/// What a backend provides to be streamed from (and to load tasks with
+/// [`decode_rows`]).
 pub(crate) trait DuePages: Clone + Send + Sync + 'static {
-    type Row: Send;
+    type Row: Send + Sync;
 
     /// Up to `limit` rows of `segment` after `after` (in id order) that are
     /// not under a live lease at `now_millis`.
@@ -49,12 +50,41 @@ pub(crate) trait DuePages: Clone + Send + Sync + 'static {
     /// The id of a fetched row (the keyset cursor).
     fn row_id(row: &Self::Row) -> Result<String, sqlx::Error>;
 
-    /// Checks fetched rows and builds their tasks.
-    fn decode_rows(
+    /// Reads a fetched task row's columns ([`RawTask::from_row`]).
+    fn raw_task(row: &Self::Row) -> Result<RawTask, RowError>;
+
+    /// The stored documents of `kind` among `hashes` (not empty), as
+    /// [`row::document_pairs`] reads them.
+    fn documents(
         &self,
-        rows: Vec<Self::Row>,
-        cache: &mut DocumentCache,
-    ) -> impl Future<Output = Result<Vec<Result<LocalTask, RowError>>, StoreError>> + Send;
+        kind: DocumentKind,
+        hashes: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<DocumentPair>, StoreError>> + Send;
+}
+
+/// Checks fetched task rows and builds their tasks, reading the documents
+/// they reference that `cache` does not hold yet.
+pub(crate) async fn decode_rows<B: DuePages>(
+    backend: &B,
+    rows: Vec<B::Row>,
+    cache: &mut DocumentCache,
+) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+    let raws: Vec<Result<RawTask, RowError>> = rows.iter().map(B::raw_task).collect();
+    drop(rows);
+    let good: Vec<&RawTask> = raws.iter().filter_map(|r| r.as_ref().ok()).collect();
+    for kind in [DocumentKind::Instrument, DocumentKind::Form] {
+        let missing = cache.missing(kind, good.iter().copied());
+        if missing.is_empty() {
+            continue;
+        }
+        for (hash, body) in backend.documents(kind, missing).await? {
+            cache.insert(kind, hash, body);
+        }
+    }
+    Ok(raws
+        .into_iter()
+        .map(|raw| raw.and_then(|raw| row::decode_task(raw, cache)))
+        .collect())
 }
 
 struct State<B> {
@@ -107,7 +137,7 @@ impl<B: DuePages> State<B> {
                 continue;
             }
             return Some(
-                match self.backend.decode_rows(rows, &mut self.cache).await {
+                match decode_rows(&self.backend, rows, &mut self.cache).await {
                     Ok(tasks) => tasks
                         .into_iter()
                         .map(|t| t.map_err(StoreError::BadRow))
@@ -235,12 +265,16 @@ mod tests {
             Ok(row.clone())
         }
 
-        async fn decode_rows(
-            &self,
-            _rows: Vec<String>,
-            _cache: &mut DocumentCache,
-        ) -> Result<Vec<Result<LocalTask, RowError>>, StoreError> {
+        fn raw_task(_row: &String) -> Result<RawTask, RowError> {
             panic!("decoding failed");
+        }
+
+        async fn documents(
+            &self,
+            _kind: DocumentKind,
+            _hashes: Vec<String>,
+        ) -> Result<Vec<DocumentPair>, StoreError> {
+            Ok(Vec::new())
         }
     }
 
