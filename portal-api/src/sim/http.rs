@@ -237,13 +237,25 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response {
 }
 
 pub(crate) fn refusal(r: Refusal) -> Response {
-    match r {
-        Refusal::Invalid(m) => error(StatusCode::BAD_REQUEST, &m),
-        Refusal::NotFound(m) => error(StatusCode::NOT_FOUND, &m),
-        Refusal::Conflict(m) => error(StatusCode::CONFLICT, &m),
-        Refusal::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, &m),
+    r.into_response()
+}
+
+/// A refusal answers `{"error": …}` with its status (400, 404, 409, 413).
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Refusal::Invalid(m) => (StatusCode::BAD_REQUEST, m),
+            Refusal::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Refusal::Conflict(m) => (StatusCode::CONFLICT, m),
+            Refusal::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+        };
+        error(status, &message)
     }
 }
+
+/// What a portal handler answers: a refusal becomes its error response,
+/// so handlers use `?`.
+type Answer = Result<Response, Refusal>;
 
 /// Decodes a JSON body; a 400 names the path of the first problem.
 pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
@@ -322,269 +334,176 @@ fn page<T: Serialize>(key: &str, items: Vec<T>) -> Response {
 
 // ---- tasks ---------------------------------------------------------------
 
-async fn list_tasks(State(shared): AppState, RawQuery(raw): RawQuery) -> Response {
-    let q = match list_query(raw.as_deref()) {
-        Ok(q) => q,
-        Err(r) => return refusal(r),
-    };
+async fn list_tasks(State(shared): AppState, RawQuery(raw): RawQuery) -> Answer {
+    let q = list_query(raw.as_deref())?;
     let store = lock(&shared.store);
     let tasks = store.list_tasks(&q.tasks, q.limit, q.offset);
     if shared.count == super::CountMode::Total {
         let total = store.count_tasks(&q.tasks);
         drop(store);
-        return json_response(StatusCode::OK, &json!({ "tasks": tasks, "count": total }));
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "tasks": tasks, "count": total }),
+        ));
     }
     drop(store);
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &TaskPageOut {
             count: tasks.len(),
             tasks: &tasks,
         },
-    )
+    ))
 }
 
-async fn submit_tasks(State(shared): AppState, body: Bytes) -> Response {
-    let package: SubmittedPackage = match decode(&body) {
-        Ok(p) => p,
-        Err(r) => return refusal(r),
-    };
+async fn submit_tasks(State(shared): AppState, body: Bytes) -> Answer {
+    let package: SubmittedPackage = decode(&body)?;
     let n = package.tasks.len();
     if n == 0 {
-        return error(StatusCode::BAD_REQUEST, "tasks: the package is empty");
+        return Err(Refusal::Invalid("tasks: the package is empty".into()));
     }
     if n > shared.max_package_size {
-        return refusal(Refusal::TooLarge(format!(
+        return Err(Refusal::TooLarge(format!(
             "package of {n} tasks exceeds the maximum of {}",
             shared.max_package_size
         )));
     }
     for (i, task) in package.tasks.iter().enumerate() {
         if let Err(e) = shared.validator.validate_submitted(task) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("tasks[{i}] ({}): {e}", task.host_system_id),
-            );
+            return Err(Refusal::Invalid(format!(
+                "tasks[{i}] ({}): {e}",
+                task.host_system_id
+            )));
         }
     }
-    let stored = lock(&shared.store).submit(package.tasks, shared.duplicates);
-    match stored {
-        Ok(views) => json_response(
-            StatusCode::CREATED,
-            &TaskPageOut {
-                count: views.len(),
-                tasks: &views,
-            },
-        ),
-        Err(r) => refusal(r),
-    }
+    let views = lock(&shared.store).submit(package.tasks, shared.duplicates)?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &TaskPageOut {
+            count: views.len(),
+            tasks: &views,
+        },
+    ))
 }
 
-async fn get_task(State(shared): AppState, Path(segment): Path<String>) -> Response {
-    let code = match code(&segment) {
-        Ok(c) => c,
-        Err(r) => return refusal(r),
-    };
-    match lock(&shared.store).get_task(code) {
-        Some(view) => json_response(StatusCode::OK, &view),
-        None => error(StatusCode::NOT_FOUND, &format!("no task {code:?}")),
-    }
+async fn get_task(State(shared): AppState, Path(segment): Path<String>) -> Answer {
+    let code = code(&segment)?;
+    let view = lock(&shared.store)
+        .get_task(code)
+        .ok_or_else(|| Refusal::NotFound(format!("no task {code:?}")))?;
+    Ok(json_response(StatusCode::OK, &view))
 }
 
-async fn update_task(
-    State(shared): AppState,
-    Path(segment): Path<String>,
-    body: Bytes,
-) -> Response {
-    let code = match code(&segment) {
-        Ok(c) => c,
-        Err(r) => return refusal(r),
-    };
-    let update: TaskUpdate = match decode(&body) {
-        Ok(u) => u,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).update_task(code, update);
-    match result {
-        Ok(view) => json_response(StatusCode::OK, &view),
-        Err(r) => refusal(r),
-    }
+async fn update_task(State(shared): AppState, Path(segment): Path<String>, body: Bytes) -> Answer {
+    let code = code(&segment)?;
+    let update: TaskUpdate = decode(&body)?;
+    let view = lock(&shared.store).update_task(code, update)?;
+    Ok(json_response(StatusCode::OK, &view))
 }
 
-async fn delete_task(State(shared): AppState, Path(segment): Path<String>) -> Response {
-    let code = match code(&segment) {
-        Ok(c) => c,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).delete_task(code);
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => refusal(r),
-    }
+async fn delete_task(State(shared): AppState, Path(segment): Path<String>) -> Answer {
+    let code = code(&segment)?;
+    lock(&shared.store).delete_task(code)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---- subjects and users --------------------------------------------------
 
-async fn list_subjects(State(shared): AppState, RawQuery(raw): RawQuery) -> Response {
-    let q = match list_query(raw.as_deref()) {
-        Ok(q) => q,
-        Err(r) => return refusal(r),
-    };
+async fn list_subjects(State(shared): AppState, RawQuery(raw): RawQuery) -> Answer {
+    let q = list_query(raw.as_deref())?;
     let subjects = lock(&shared.store).list_subjects(q.limit, q.offset);
-    page("subjects", subjects)
+    Ok(page("subjects", subjects))
 }
 
 async fn update_subject(
     State(shared): AppState,
     Path(segment): Path<String>,
     body: Bytes,
-) -> Response {
-    let code = match code(&segment) {
-        Ok(c) => c,
-        Err(r) => return refusal(r),
-    };
-    let update: SubjectUpdate = match decode(&body) {
-        Ok(u) => u,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).update_subject(code, update);
-    match result {
-        Ok(s) => json_response(StatusCode::OK, &s),
-        Err(r) => refusal(r),
-    }
+) -> Answer {
+    let code = code(&segment)?;
+    let update: SubjectUpdate = decode(&body)?;
+    let subject = lock(&shared.store).update_subject(code, update)?;
+    Ok(json_response(StatusCode::OK, &subject))
 }
 
-async fn list_users(State(shared): AppState, Path(segment): Path<String>) -> Response {
-    let code = match code(&segment) {
-        Ok(c) => c,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).list_users(code);
-    match result {
-        Ok(users) => page("users", users),
-        Err(r) => refusal(r),
-    }
+async fn list_users(State(shared): AppState, Path(segment): Path<String>) -> Answer {
+    let code = code(&segment)?;
+    let users = lock(&shared.store).list_users(code)?;
+    Ok(page("users", users))
 }
 
 async fn update_user(
     State(shared): AppState,
     Path((subject, user)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let (subject, user) = match (code(&subject), code(&user)) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(r), _) | (_, Err(r)) => return refusal(r),
-    };
-    let update: UserUpdate = match decode(&body) {
-        Ok(u) => u,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).update_user(subject, user, update);
-    match result {
-        Ok(u) => json_response(StatusCode::OK, &u),
-        Err(r) => refusal(r),
-    }
+) -> Answer {
+    let (subject, user) = (code(&subject)?, code(&user)?);
+    let update: UserUpdate = decode(&body)?;
+    let updated = lock(&shared.store).update_user(subject, user, update)?;
+    Ok(json_response(StatusCode::OK, &updated))
 }
 
 // ---- consents --------------------------------------------------------------
 
-async fn list_consents(State(shared): AppState, RawQuery(raw): RawQuery) -> Response {
-    let q = match list_query(raw.as_deref()) {
-        Ok(q) => q,
-        Err(r) => return refusal(r),
-    };
+async fn list_consents(State(shared): AppState, RawQuery(raw): RawQuery) -> Answer {
+    let q = list_query(raw.as_deref())?;
     let consents = lock(&shared.store).list_consents(q.tasks.unacknowledged, q.limit, q.offset);
-    page("consents", consents)
+    Ok(page("consents", consents))
 }
 
-async fn submit_consents(State(shared): AppState, body: Bytes) -> Response {
-    let package: ConsentPackage = match decode(&body) {
-        Ok(p) => p,
-        Err(r) => return refusal(r),
-    };
+async fn submit_consents(State(shared): AppState, body: Bytes) -> Answer {
+    let package: ConsentPackage = decode(&body)?;
     let n = package.consents.len();
     if n > shared.max_package_size {
-        return refusal(Refusal::TooLarge(format!(
+        return Err(Refusal::TooLarge(format!(
             "package of {n} consents exceeds the maximum of {}",
             shared.max_package_size
         )));
     }
-    let result = lock(&shared.store).submit_consents(package.consents);
-    match result {
-        Ok(stored) => {
-            let count = stored.len();
-            json_response(
-                StatusCode::CREATED,
-                &json!({ "consents": stored, "count": count }),
-            )
-        }
-        Err(r) => refusal(r),
-    }
+    let stored = lock(&shared.store).submit_consents(package.consents)?;
+    let count = stored.len();
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({ "consents": stored, "count": count }),
+    ))
 }
 
 async fn update_consent(
     State(shared): AppState,
     Path(segment): Path<String>,
     body: Bytes,
-) -> Response {
-    let code = match code(&segment) {
-        Ok(c) => c,
-        Err(r) => return refusal(r),
-    };
-    let update: Map<String, Value> = match decode(&body) {
-        Ok(u) => u,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).update_consent(code, update);
-    match result {
-        Ok(c) => json_response(StatusCode::OK, &c),
-        Err(r) => refusal(r),
-    }
+) -> Answer {
+    let code = code(&segment)?;
+    let update: Map<String, Value> = decode(&body)?;
+    let consent = lock(&shared.store).update_consent(code, update)?;
+    Ok(json_response(StatusCode::OK, &consent))
 }
 
-async fn delete_consent(State(shared): AppState, Path(segment): Path<String>) -> Response {
-    let code = match code(&segment) {
-        Ok(c) => c,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).delete_consent(code);
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => refusal(r),
-    }
+async fn delete_consent(State(shared): AppState, Path(segment): Path<String>) -> Answer {
+    let code = code(&segment)?;
+    lock(&shared.store).delete_consent(code)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---- studies and enrollment profiles -------------------------------------
 
-async fn get_study(State(shared): AppState, Path(id): Path<String>) -> Response {
-    match lock(&shared.store).get_study(&id) {
-        Some(s) => json_response(StatusCode::OK, &s),
-        None => error(StatusCode::NOT_FOUND, &format!("no study {id:?}")),
-    }
+async fn get_study(State(shared): AppState, Path(id): Path<String>) -> Answer {
+    let study = lock(&shared.store)
+        .get_study(&id)
+        .ok_or_else(|| Refusal::NotFound(format!("no study {id:?}")))?;
+    Ok(json_response(StatusCode::OK, &study))
 }
 
-async fn create_study(State(shared): AppState, body: Bytes) -> Response {
-    let study: Study = match decode(&body) {
-        Ok(s) => s,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).create_study(study);
-    match result {
-        Ok(s) => json_response(StatusCode::CREATED, &s),
-        Err(r) => refusal(r),
-    }
+async fn create_study(State(shared): AppState, body: Bytes) -> Answer {
+    let study: Study = decode(&body)?;
+    let study = lock(&shared.store).create_study(study)?;
+    Ok(json_response(StatusCode::CREATED, &study))
 }
 
-async fn publish_profile(State(shared): AppState, body: Bytes) -> Response {
-    let profile: EnrollmentProfile = match decode(&body) {
-        Ok(p) => p,
-        Err(r) => return refusal(r),
-    };
-    let result = lock(&shared.store).publish_profile(profile);
-    match result {
-        Ok(p) => json_response(StatusCode::CREATED, &p),
-        Err(r) => refusal(r),
-    }
+async fn publish_profile(State(shared): AppState, body: Bytes) -> Answer {
+    let profile: EnrollmentProfile = decode(&body)?;
+    let profile = lock(&shared.store).publish_profile(profile)?;
+    Ok(json_response(StatusCode::CREATED, &profile))
 }
 
 // ---- serving ---------------------------------------------------------------
