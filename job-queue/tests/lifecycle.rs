@@ -153,7 +153,14 @@ async fn survives(fault: impl FnOnce(&mut RedisServer)) {
         }
     });
     let producer = spawn_producer(queue.clone(), 600);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Strike while jobs are both being pushed and being worked.
+    eventually(
+        "the first jobs processed",
+        Duration::from_secs(10),
+        || async { done.lock().expect("done").len() >= 50 },
+    )
+    .await;
+    assert!(!producer.is_finished(), "the fault must hit mid-run");
     fault(&mut redis);
     let acked = producer.await.expect("producer");
     assert_eq!(acked.len(), 600, "the producer rode out the fault");
