@@ -97,6 +97,15 @@ pub const DEFAULT_POOL_SIZE: u32 = 8;
 /// so more connections add memory (a page cache and a thread each) more
 /// than speed.
 pub const DEFAULT_SQLITE_POOL_SIZE: u32 = 4;
+
+/// The default `store.pool_size` for the store at `url`.
+pub fn default_pool_size(url: &str) -> u32 {
+    if url.starts_with("sqlite:") {
+        DEFAULT_SQLITE_POOL_SIZE
+    } else {
+        DEFAULT_POOL_SIZE
+    }
+}
 pub const DEFAULT_CONCURRENCY: usize = 32;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -510,11 +519,7 @@ fn read_store(r: &mut Reader<'_>) -> Option<StoreSettings> {
     } else {
         SecretUrl::parse(DEFAULT_STORE_URL).ok()?
     };
-    let default_pool = if url.scheme() == "sqlite" {
-        DEFAULT_SQLITE_POOL_SIZE
-    } else {
-        DEFAULT_POOL_SIZE
-    };
+    let default_pool = default_pool_size(url.expose());
     let pool_size = r.integer(
         "store",
         "pool_size",

@@ -524,12 +524,7 @@ pub enum AnyStore {
 /// `store.pool_size` default); binaries open the store of their settings
 /// with [`open_store_with`].
 pub async fn open_store(url: &str) -> Result<AnyStore, StoreError> {
-    let connections = if url.starts_with("sqlite:") {
-        crate::settings::DEFAULT_SQLITE_POOL_SIZE
-    } else {
-        crate::settings::DEFAULT_POOL_SIZE
-    };
-    open_store_with(url, connections).await
+    open_store_with(url, crate::settings::default_pool_size(url)).await
 }
 
 /// As [`open_store`], with at most `connections` pooled connections (the
